@@ -1,0 +1,88 @@
+"""Result output in every format: table (for people), json, jsonl and csv (for scripts).
+
+Results go to stdout only; notices and progress go to stderr (see notices()).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+import click
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def format_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--format`` and ``--json`` (shorthand for ``--format json``) to a command."""
+    func = click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")(func)
+    func = click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+        help="Output format: a table for people, json/jsonl/csv for scripts.",
+    )(func)
+    return func
+
+
+def resolve_format(fmt: str, as_json: bool) -> str:
+    return "json" if as_json else fmt
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def emit(
+    rows: Sequence[dict[str, Any]],
+    fmt: str,
+    *,
+    columns: Sequence[str] | None = None,
+    payload: Any = None,
+    flatten: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Write ``rows`` to stdout. ``payload`` replaces the rows as the json document;
+    ``flatten`` turns a row into flat columns for table and csv."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    if fmt == "json":
+        click.echo(json.dumps(rows if payload is None else payload, indent=2, ensure_ascii=False))
+    elif fmt == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        flat = [flatten(r) for r in rows] if flatten else list(rows)
+        if fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            for row in flat:
+                writer.writerow({c: _cell(row.get(c)) if not isinstance(row.get(c), (int, float)) else row.get(c) for c in columns})
+            click.echo(buf.getvalue(), nl=False)
+        else:
+            click.echo(render_table(flat, columns))
+
+
+def note(message: str, *, quiet: bool = False) -> None:
+    """A notice for people, on stderr (silenced by --quiet)."""
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,57 @@
+"""The fixed configuration sections: their keys, types and documented meaning.
+
+Component sections ([backbone], [transform], [loss], [index]) hold ``name`` plus that
+component's own options, validated against the options dataclass its plugin registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+
+@dataclass
+class RuntimeSettings:
+    """[runtime]: where and how work runs. The only keys a saved run lets you override."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    workers: int = 2  # DataLoader worker processes for decoding
+    batch_size: int = 128
+
+
+@dataclass
+class TrainSettings:
+    """[train]: the optimisation recipe."""
+
+    epochs: int = 10
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 0.002
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    head_lr_mult: float = 1.0
+    freeze_backbone: bool = False
+    unfreeze_after: int = 0  # epochs of frozen backbone before unfreezing (0: never frozen by this)
+    checkpoint_every: int = 1  # epochs between last.safetensors checkpoints
+
+
+@dataclass
+class DataSettings:
+    """[data]: how images are listed, decoded and split."""
+
+    labels: str = "auto"  # auto | folder | none
+    val_fraction: float = 0.1
+    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    strict_images: bool = False  # any skipped image makes the command fail
+
+
+FIXED_SECTIONS: dict[str, type] = {
+    "runtime": RuntimeSettings,
+    "train": TrainSettings,
+    "data": DataSettings,
+}
+COMPONENT_SECTIONS: tuple[str, ...] = ("backbone", "transform", "loss", "index")
+RUNTIME_KEYS = tuple(RuntimeSettings.__dataclass_fields__)
+
