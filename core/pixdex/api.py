@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from pixdex.components import PLURALS, _check_kind
+from pixdex.components import PLURALS, check_kind
 from pixdex.config import Config, Layer, resolve_config
 from pixdex.plugins import PluginSet, load_plugins
 
@@ -40,7 +40,7 @@ def list_components(pset: PluginSet, kind: str, pattern: str | None = None) -> l
 
     ``'timm:resnet*'`` also lists the variants a component offers after its colon.
     """
-    kind = _check_kind(kind)
+    kind = check_kind(kind)
     registry = pset.registry
     out = []
     for name in registry.list(kind, pattern):

@@ -60,7 +60,7 @@ def crash_point(name: str) -> None:
     if target != name:
         return
     _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] >= int(nth or 1):
+    if _crash_hits[name] >= (int(nth) if nth.isdigit() else 1):
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -259,7 +259,8 @@ class FolderWriter:
     def __init__(self, folder: str | Path, *, manifest_name: str = "manifest.json", lock_timeout: float = 60.0) -> None:
         self.folder = Path(folder)
         self.manifest_name = manifest_name
-        self.lock_timeout = lock_timeout
+        # readers hold .lock for an instant while they clean up, so never give up at once
+        self.lock_timeout = max(lock_timeout, 1.0)
         self._staged: dict[str, Path] = {}  # final name -> staged path
         self._removes: list[str] = []
         self._lock: contextlib.ExitStack | None = None
@@ -283,12 +284,11 @@ class FolderWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
-            if not self.committed:
-                for path in self._staged.values():
-                    path.unlink(missing_ok=True)
-                if self._staging is not None:
-                    shutil.rmtree(self._staging, ignore_errors=True)
+        try:  # whatever is staged but not committed is discarded
+            for path in self._staged.values():
+                path.unlink(missing_ok=True)
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
         finally:
             assert self._lock is not None
             self._lock.close()
@@ -328,6 +328,7 @@ class FolderWriter:
         """Stage files a plugin wrote into :meth:`staging_dir` as ``prefix + name``."""
         assert self._staging is not None
         for name in names:
+            _check_name(prefix + name)
             src = self._staging / name
             if not src.is_file():
                 raise ArtifactError(f"plugin said it wrote {name}, but {src} is not a file")
@@ -338,8 +339,12 @@ class FolderWriter:
         _check_name(name)
         self._removes.append(name)
 
-    def commit(self, manifest: dict[str, Any]) -> None:
-        """Make every staged file and ``manifest`` current, all together."""
+    def commit(self, manifest: dict[str, Any]) -> dict[str, str]:
+        """Make every staged file and ``manifest`` current, all together.
+
+        Returns the sha256 of each committed file. The writer stays usable: a long job
+        (training) commits a checkpoint per epoch under one lock.
+        """
         renames = []
         for name, path in self._staged.items():
             fsync_file(path)
@@ -354,20 +359,22 @@ class FolderWriter:
                   "removes": [r for r in self._removes if r not in self._staged], "manifest": manifest}
         with flock(self.folder / COMMIT_LOCK_FILE, timeout=60.0):
             atomic_write_bytes(self.folder / COMMIT_RECORD, to_json(record))
+            # from here the staged files belong to commit.json: if finishing fails, the next
+            # open rolls forward, so __exit__ must not delete them
+            self._staged, self._removes = {}, []
+            staging, self._staging = self._staging, None
             crash_point("commit:recorded")
             _apply_record(self.folder, record, self.manifest_name)
         self.committed = True
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
-
-    @property
-    def file_hashes(self) -> dict[str, str]:
-        """sha256 of each staged file (after commit, of the committed files)."""
-        return {n: sha256_file(self.folder / n if self.committed else p) for n, p in self._staged.items()}
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {r["dst"]: r["sha256"] for r in renames}
 
 
 def _check_name(name: str) -> None:
-    if name.startswith("/") or ".." in Path(name).parts or name in (COMMIT_RECORD, LOCK_FILE, COMMIT_LOCK_FILE):
+    reserved = (COMMIT_RECORD, LOCK_FILE, COMMIT_LOCK_FILE)
+    if (name.startswith("/") or ".." in Path(name).parts or name in reserved or _TMP_RE.search(name)
+            or any(part.startswith(".staging-") for part in Path(name).parts)):
         raise ArtifactError(f"invalid artifact file name {name!r}")
 
 

@@ -91,17 +91,17 @@ class Registry:
         return True
 
     def names(self, kind: str) -> list[str]:
-        return list(self._by_kind[_check_kind(kind)])
+        return list(self._by_kind[check_kind(kind)])
 
     def components(self, kind: str) -> list[Component]:
-        return list(self._by_kind[_check_kind(kind)].values())
+        return list(self._by_kind[check_kind(kind)].values())
 
     def by_plugin(self, plugin: str) -> list[Component]:
         return [c for kind in KINDS for c in self._by_kind[kind].values() if c.plugin == plugin]
 
     def get(self, kind: str, spec: str) -> tuple[Component, str | None]:
         """Look up ``spec`` ('annoy', 'timm:resnet18'); return the component and its argument."""
-        registry = self._by_kind[_check_kind(kind)]
+        registry = self._by_kind[check_kind(kind)]
         if spec in registry:
             return registry[spec], None
         name, arg = split_spec(spec)
@@ -142,9 +142,9 @@ class Registry:
             return None
         return validate_options(component, values)
 
-    def build(self, kind: str, spec: str, values: Mapping[str, Any] | None = None, **context: Any) -> Any:
+    def build(self, kind: str, name: str, values: Mapping[str, Any] | None = None, /, **context: Any) -> Any:
         """Build a component: validate its options, then call its factory with ``context``."""
-        component, arg = self.get(kind, spec)
+        component, arg = self.get(kind, name)
         options = self.build_options(component, values or {}, arg)
         return call_factory(component, options, **context)
 
@@ -196,12 +196,11 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        errors = []
         for alt in args:
             try:
                 return coerce(value, alt, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r}")
     if origin is typing.Literal:
         if value in args:
@@ -210,6 +209,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
+            return tuple(coerce(v, a, where) for v, a in zip(value, args))
         inner = args[0] if args else Any
         items = [coerce(v, inner, where) for v in value]
         return tuple(items) if origin is tuple else items
@@ -236,7 +239,7 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _check_kind(kind: str) -> str:
+def check_kind(kind: str) -> str:
     kind = KIND_OF_PLURAL.get(kind, kind)
     if kind not in KINDS:
         raise UnknownComponentError(

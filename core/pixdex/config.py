@@ -82,7 +82,7 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
         if environ.get(var, "") != "":
             layer.setdefault(section, {})[key] = parse_value(environ[var])
     for var, value in environ.items():
-        if var.startswith("PIXDEX_") and "__" in var:
+        if var.startswith("PIXDEX_") and "__" in var and value != "":
             section, _, key = var[len("PIXDEX_"):].lower().partition("__")
             layer.setdefault(section, {})[key] = parse_value(value)
     return layer
@@ -115,10 +115,11 @@ def merge_layers(layers: list[tuple[str, Layer]], notes: list[str]) -> Layer:
             new_name = values.get("name")
             if section in COMPONENT_SECTIONS and new_name is not None and new_name != target.get("name"):
                 dropped = sorted(k for k in target if k != "name")
-                if dropped and "name" in target:
+                if dropped:
+                    old = f"'{target['name']}'" if "name" in target else "the previous component"
                     notes.append(
-                        f"{section} changed from '{target['name']}' to '{new_name}' by {layer_name}: "
-                        f"dropped options {', '.join(dropped)} given for '{target['name']}'"
+                        f"{section} changed to '{new_name}' by {layer_name}: "
+                        f"dropped options {', '.join(dropped)} given for {old}"
                     )
                 target.clear()
             target.update(values)
@@ -197,6 +198,13 @@ def validate_fixed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
                 f"Valid keys: {', '.join(fields)}"
             )
         out[key] = coerce(value, hints[key], f"[{section}] {key}")
+    if section == "runtime":
+        from pixdex.device import check_device_spec, check_precision
+
+        out["device"] = check_device_spec(out["device"])
+        out["precision"] = check_precision(out["precision"])
+        if out["workers"] < 0 or out["batch_size"] < 1:
+            raise ConfigError("[runtime] workers must be >= 0 and batch_size >= 1")
     return out
 
 

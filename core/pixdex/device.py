@@ -85,8 +85,8 @@ def resolve_device(spec: str = "auto", *, notify: Callable[[str], None] | None =
 
 
 def resolve_precision(spec: str, device: str) -> str:
-    """'auto' is bf16 on CUDA GPUs that support it, else fp32. fp16/bf16 on CPU are refused
-    except bf16 (CPU autocast supports it)."""
+    """'auto' is bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere. fp16 on the CPU is
+    refused; bf16 on the CPU is allowed (CPU autocast supports it)."""
     spec = check_precision(spec)
     kind = device.split(":")[0]
     if spec == "auto":

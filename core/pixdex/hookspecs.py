@@ -75,8 +75,10 @@ def register_datasets(register: Register) -> None:
     """Register dataset readers: ``factory(options, *, spec) -> Dataset``.
 
     Pass ``detect=callable(path) -> bool`` to ``register`` so a plain path can be
-    recognised. A Dataset has ``.classes``, ``.splits()``, ``.items(split)`` yielding
-    ``(path or key, label or None)`` and optionally ``.as_tensors(split)``.
+    recognised. A Dataset has ``.classes`` (sorted class names, [] if unlabelled),
+    ``.skipped`` (listing-time skip reports), ``.splits()``, ``.items(split)`` returning
+    ``(path or key, class name or None)`` pairs, and optionally ``.as_tensors(split) ->
+    (uint8[N, C, H, W], int64[N] class indices)`` so training never round-trips through PIL.
     """
 
 

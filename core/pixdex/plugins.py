@@ -92,7 +92,7 @@ def load_plugins(
     for module_name in registry_file.builtin:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except Exception as exc:  # a broken built-in is fatal, but still one line
             raise PluginError(
                 f"built-in plugin '{module_name}' (listed in {registry_file.path}) failed to import: {exc}"
             ) from exc
@@ -173,7 +173,7 @@ def _register(pset: PluginSet, module: ModuleType, info: PluginInfo, *, builtin:
 
 
 def _validation_reason(exc: Exception) -> str:
-    text = str(exc)
+    text = " ".join(str(exc).split())  # pluggy's messages span lines; ours is one
     if "unknown hook" in text:
         # pluggy: "unknown hook 'register_indexs' in plugin <module ...>"
         hook = text.split("'")[1] if "'" in text else text

@@ -30,6 +30,8 @@ class TrainSettings:
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | constant (after warm-up)
+    schedule_epochs: int = 0  # length of the cosine schedule; 0 = epochs (set it to stop early and resume exactly)
     seed: int = 0
     head_lr_mult: float = 1.0
     freeze_backbone: bool = False

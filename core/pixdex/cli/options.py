@@ -20,7 +20,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Set any config key, e.g. --set train.epochs=3 (repeatable)."),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [env PIXDEX_DEVICE]."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-                     help="Numeric precision; auto is bf16 on CUDA, fp32 elsewhere."),
+                     help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere."),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
     ]

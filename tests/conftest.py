@@ -1,0 +1,94 @@
+"""Shared fixtures. Everything here is offline and builds a fresh plugin manager per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("PIXDEX_CRASH_AT", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_pixdex_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start from no PIXDEX_* settings, whatever the developer's shell has."""
+    for var in list(os.environ):
+        if var.startswith("PIXDEX_"):
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def pset() -> Any:
+    """The built-in plugins only (no third-party entry points), freshly loaded."""
+    from pixdex.plugins import load_plugins
+
+    return load_plugins(entry_points=[])
+
+
+@pytest.fixture
+def cli_run():
+    """Invoke the launcher in-process with CliRunner; returns the click Result."""
+    from click.testing import CliRunner
+
+    from pixdex.cli import build_cli
+    from pixdex.plugins import load_plugins
+
+    def run(*args: str, plugins: Any = None, input: str | None = None, env: dict | None = None) -> Any:
+        runner = CliRunner(mix_stderr=False) if _has_mix_stderr() else CliRunner()
+        cli = build_cli(plugins if plugins is not None else load_plugins(entry_points=[]))
+        return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+
+    return run
+
+
+def _has_mix_stderr() -> bool:
+    import inspect
+
+    from click.testing import CliRunner
+
+    return "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
+
+
+def run_pixdex(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m pixdex ARGS` in a real subprocess (for exit codes and import checks)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+def make_dist(site: Path, dist: str, module: str, source: str, *, ep_name: str | None = None,
+              version: str = "0.1") -> Path:
+    """Install a tiny real distribution into ``site``: a module plus a dist-info with an
+    entry point in group ``pixdex``, which importlib.metadata discovers like any pip install."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[pixdex]\n{ep_name or dist} = {module}\n")
+    (info / "RECORD").write_text("")
+    return site
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh folder on sys.path where tests install tiny plugin distributions."""
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    import importlib
+
+    importlib.invalidate_caches()
+    yield path
+    for name in list(sys.modules):
+        if name.startswith("pixdex_test_"):
+            del sys.modules[name]
