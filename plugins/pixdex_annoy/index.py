@@ -1,0 +1,218 @@
+"""The approximate ``annoy`` index: Spotify's Annoy forest of random projection trees.
+
+Scores follow the same conventions as pixdex_flat: cosine similarity for ``cosine``
+(annoy "angular" on unit vectors; its distance d = sqrt(2 - 2 cos), so the score is
+1 - d^2 / 2), the dot product for ``ip`` (annoy "dot") and -d for ``l2`` (annoy
+"euclidean"). annoy itself is imported by the factory, never at module import.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
+
+METRICS: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
+INDEX_FILE = "index.ann"
+META_FILE = "annoy.json"
+
+
+def check_matrix(array: Any, dim: int, what: str) -> np.ndarray:
+    """Return ``array`` as a C-contiguous float32 [N, dim] matrix, or raise ValueError."""
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    # annoy would happily index NaN and return garbage neighbours
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return array
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; zero rows stay zero (their cosine with anything is 0)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+class AnnoyIndex:
+    """Approximate search over an annoy forest, with ``search_k`` tuned to a target recall.
+
+    With ``search_k == -1`` the build measures recall@10 on ``tune_queries`` sampled rows
+    for each of :func:`~pixdex_annoy.tuning.search_k_candidates` and keeps the smallest
+    value reaching ``target_recall``; a given ``search_k`` is kept but still measured. A
+    search for ``k`` results never uses less than annoy's own default, k x n_trees, so a
+    large ``k`` is not starved of candidates. Read-only after build or load: annoy searches
+    a built index from many threads safely.
+    """
+
+    def __init__(
+        self,
+        annoy: ModuleType,
+        *,
+        dim: int,
+        metric: str,
+        n_trees: int = 10,
+        search_k: int = -1,
+        target_recall: float = 0.95,
+        tune_queries: int = 200,
+        seed: int = 0,
+        build_threads: int = 1,
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r} for index 'annoy': use one of {', '.join(METRICS)}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"index 'annoy' needs a positive integer dim, got {dim!r}")
+        self._annoy_module = annoy
+        self.dim = dim
+        self.metric = metric
+        self.n_trees = n_trees
+        self.search_k = search_k  # -1 until the build tunes it
+        self.target_recall = target_recall
+        self.tune_queries = tune_queries
+        self.seed = seed
+        self.build_threads = build_threads
+        self.tuned = search_k == -1
+        self.recall_at_10: float | None = None
+        self.recall_queries = 0
+        self.n_items = 0
+        self._index: Any = None  # annoy.AnnoyIndex once built or loaded
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the index manifest records: trees, the search_k in use and its measured recall."""
+        return {
+            "n_trees": self.n_trees,
+            "search_k": self.search_k,
+            "search_k_tuned": self.tuned,
+            "target_recall": self.target_recall,
+            "recall_at_10": self.recall_at_10,
+            "recall_queries": self.recall_queries,
+            "seed": self.seed,
+        }
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def build(self, vectors: np.ndarray) -> None:
+        """Build the forest from ``vectors`` (row i is id i), then tune or measure ``search_k``."""
+        vectors = check_matrix(vectors, self.dim, "vectors")
+        if len(vectors) == 0:
+            raise ValueError("cannot build index 'annoy' from 0 vectors")
+        if self.metric == "cosine":
+            vectors = normalise(vectors)
+        index = self._annoy_module.AnnoyIndex(self.dim, METRICS[self.metric])
+        index.set_seed(self.seed)
+        for i, row in enumerate(vectors):
+            index.add_item(i, row.tolist())  # a list converts far faster than a numpy row
+        index.build(self.n_trees, n_jobs=self.build_threads)
+        self._index = index
+        self.n_items = len(vectors)
+        self._calibrate(vectors)
+
+    def _calibrate(self, vectors: np.ndarray) -> None:
+        sample = sample_ids(len(vectors), self.tune_queries, self.seed)
+        truth = exact_topk(vectors, vectors[sample], TUNE_K, self.metric)
+        self.recall_queries = len(sample)
+        if not self.tuned:
+            self.recall_at_10 = measure_recall(self, vectors, sample, self.search_k, truth=truth)
+            return
+        candidates = search_k_candidates(len(vectors), self.n_trees)
+        for search_k in candidates:
+            recall = measure_recall(self, vectors, sample, search_k, truth=truth)
+            # the last candidate is exhaustive: keep it even if ties or rounding keep it short
+            if recall >= self.target_recall or search_k == candidates[-1]:
+                self.search_k, self.recall_at_10 = search_k, recall
+                return
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ids (int64 [Q, k]) and scores (float32 [Q, k]), best first.
+
+        Fewer than ``k`` results (a small collection) are padded with id -1 and score -inf.
+        """
+        return self.search_with(queries, k, self.search_k)
+
+    def search_with(self, queries: np.ndarray, k: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with an explicit ``search_k`` (used to measure recall)."""
+        if self._index is None:
+            raise RuntimeError("index 'annoy' is empty: call build() or load() first")
+        queries = check_matrix(queries, self.dim, "queries")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if self.metric == "cosine":
+            queries = normalise(queries)
+        search_k = max(int(search_k), k * self.n_trees)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        dists = np.full((len(queries), k), np.nan, dtype=np.float64)
+        for row, q in enumerate(queries):
+            found, dist = self._index.get_nns_by_vector(q.tolist(), k, search_k, include_distances=True)
+            ids[row, :len(found)] = found
+            dists[row, :len(dist)] = dist
+        return ids, self._scores(dists, ids)
+
+    def _scores(self, dists: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            scores = 1.0 - dists * dists / 2.0
+        elif self.metric == "ip":
+            scores = dists
+        else:
+            scores = 0.0 - dists  # 0 - d rather than -d: a self-match scores 0.0, not -0.0
+        scores = scores.astype(np.float32)
+        scores[ids < 0] = -np.inf
+        return scores
+
+    def save(self, staging_dir: Path) -> list[str]:
+        """Write ``index.ann`` and ``annoy.json`` into ``staging_dir``; return their names.
+
+        annoy's save reopens the written file memory-mapped, so afterwards this object reads
+        from ``staging_dir/index.ann`` (still valid after the core renames it).
+        """
+        if self._index is None:
+            raise RuntimeError("index 'annoy' is empty: call build() or load() first")
+        staging_dir = Path(staging_dir)
+        self._index.save(str(staging_dir / INDEX_FILE))
+        meta = {
+            "dim": self.dim,
+            "metric": self.metric,
+            "annoy_metric": METRICS[self.metric],
+            "n_items": self.n_items,
+            **self.params,
+        }
+        (staging_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return [INDEX_FILE, META_FILE]
+
+    def load(self, dir: Path, mmap: bool = True) -> None:
+        """Open ``index.ann`` (memory-mapped; read up front when not ``mmap``) and ``annoy.json``.
+
+        The dim and metric are the ones this index was made with, not the file's: annoy
+        cannot tell a mismatched file, so annoy.json is only checked for agreement.
+        """
+        dir = Path(dir)
+        meta = json.loads((dir / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("dim") != self.dim or meta.get("metric") != self.metric:
+            raise ValueError(
+                f"{dir / META_FILE} describes dim {meta.get('dim')} metric {meta.get('metric')!r}, "
+                f"but this index has dim {self.dim} metric {self.metric!r}"
+            )
+        index = self._annoy_module.AnnoyIndex(self.dim, METRICS[self.metric])
+        index.load(str(dir / INDEX_FILE), prefault=not mmap)
+        if index.get_n_items() != meta["n_items"]:
+            raise ValueError(f"{dir / INDEX_FILE} holds {index.get_n_items()} items, annoy.json says {meta['n_items']}")
+        self._index = index
+        self.n_items = meta["n_items"]
+        # search settings come from the build that wrote the file, not from these options
+        self.n_trees = meta["n_trees"]
+        self.search_k = meta["search_k"]
+        self.tuned = meta["search_k_tuned"]
+        self.target_recall = meta["target_recall"]
+        self.recall_at_10 = meta["recall_at_10"]
+        self.recall_queries = meta["recall_queries"]
+        self.seed = meta["seed"]
