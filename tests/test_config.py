@@ -15,7 +15,8 @@ from pixdex.plugins import load_plugins
 
 def test_defaults_come_from_the_registry(pset):
     config = api.configure(pset, environ={})
-    assert config["runtime"] == {"device": "auto", "precision": "auto", "workers": 2, "batch_size": 128}
+    assert config["runtime"] == {"device": "auto", "precision": "auto", "workers": 2, "batch_size": 256}
+    assert config["backbone"]["name"] == "simple-cnn" and config["loss"]["label_smoothing"] == 0.1
     assert config["train"]["epochs"] == 10
 
 

@@ -107,6 +107,7 @@ def preset_layer(registry_file: RegistryFile, name: str) -> Layer:
 def merge_layers(layers: list[tuple[str, Layer]], notes: list[str]) -> Layer:
     """Merge named layers lowest first, applying the component-name rule."""
     merged: Layer = {}
+    origin: dict[tuple[str, str], str] = {}
     for layer_name, layer in layers:
         for section, values in layer.items():
             if not isinstance(values, dict):
@@ -115,7 +116,8 @@ def merge_layers(layers: list[tuple[str, Layer]], notes: list[str]) -> Layer:
             new_name = values.get("name")
             if section in COMPONENT_SECTIONS and new_name is not None and new_name != target.get("name"):
                 dropped = sorted(k for k in target if k != "name")
-                if dropped:
+                # dropping the registry's own defaults is the point of choosing another component
+                if any(origin[(section, k)] != layers[0][0] for k in dropped):
                     old = f"'{target['name']}'" if "name" in target else "the previous component"
                     notes.append(
                         f"{section} changed to '{new_name}' by {layer_name}: "
@@ -123,6 +125,7 @@ def merge_layers(layers: list[tuple[str, Layer]], notes: list[str]) -> Layer:
                     )
                 target.clear()
             target.update(values)
+            origin.update({(section, k): layer_name for k in values})
     return merged
 
 
