@@ -76,3 +76,15 @@ def configure(
         pset.registry, pset.registry_file, preset=preset, config_file=config_file,
         flags=flags, sets=sets, environ=environ,
     )
+
+
+def runtime_config(pset: PluginSet, *, flags: Layer | None = None, sets: list[str] | None = None,
+                   environ: Mapping[str, str] | None = None, what: str = "this command") -> dict[str, Any]:
+    """The [runtime] section for commands on a saved run (only runtime keys may change)."""
+    from pixdex.config import parse_assignments, runtime_overrides_only
+
+    runtime_overrides_only(parse_assignments(list(sets or [])), what)
+    runtime_overrides_only(flags or {}, what)
+    config = resolve_config(pset.registry, pset.registry_file, flags=flags, sets=sets, environ=environ,
+                            sections=("runtime", "data"))
+    return {**config["runtime"], "max_pixels": config["data"]["max_pixels"]}

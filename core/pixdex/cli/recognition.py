@@ -1,0 +1,184 @@
+"""`pixdex train`, `pixdex evaluate`, `pixdex predict`: recognition from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pixdex import api
+from pixdex.cli.app import App, pass_app
+from pixdex.cli.options import component_options, config_options, flags_layer
+from pixdex.cli.output import emit, format_options, resolve_format
+from pixdex.errors import PixdexError
+
+
+def runtime_options(func: Any) -> Any:
+    """Runtime-only options for commands that use a saved run."""
+    for option in reversed([
+        click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [env PIXDEX_DEVICE]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+                     help="Numeric precision for inference."),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
+        click.option("--set", "sets", multiple=True, metavar="runtime.KEY=VALUE",
+                     help="Override a [runtime] key (the run's model settings are fixed)."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Refuse images larger than this many pixels (decompression bombs)."),
+        click.option("--skipped", "skipped_file", type=click.Path(dir_okay=False), default=None,
+                     help="Write the skip report (JSON lines: path, reason, detail) to this file."),
+        click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
+    ]):
+        func = option(func)
+    return func
+
+
+def write_skips(app: App, skipped: list[dict[str, Any]], target: str | None, strict: bool) -> None:
+    """Report skipped images on stderr (and to --skipped FILE); exit 1 under --strict-images."""
+    if target:
+        with open(target, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            for entry in skipped:
+                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    if skipped:
+        where = f" (details in {target})" if target else ""
+        app.note(f"pixdex: skipped {len(skipped)} image(s){where}:")
+        for entry in skipped[:20]:
+            app.note(f"  {entry['path']}: {entry['reason']}" + (f" ({entry['detail']})" if entry.get("detail") else ""))
+        if len(skipped) > 20:
+            app.note(f"  ... and {len(skipped) - 20} more")
+        if strict:
+            raise PixdexError(f"{len(skipped)} image(s) skipped and --strict-images is set")
+
+
+def _runtime(app: App, params: dict[str, Any], sets: tuple[str, ...], what: str) -> dict[str, Any]:
+    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what=what)
+    if params.get("max_pixels"):
+        runtime["max_pixels"] = params["max_pixels"]
+    return runtime
+
+
+@click.command("train")
+@click.argument("data")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="The run folder to write (model.safetensors, pixdex.json, history.csv, ...).")
+@config_options
+@component_options("backbone", "transform", "loss")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None,
+              help="adamw (warm-up + cosine, the default) or sgd (momentum 0.9, the tutorial's recipe).")
+@click.option("--seed", type=int, default=None, help="Seed for the split, initial weights, order and augmentation.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
+              help="Stratified fraction of the training split held out for validation (default 0.1).")
+@click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default=None,
+              help="How labels are read from a plain path: auto-detect, one subfolder per class, or none.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images.")
+@click.option("--resume", is_flag=True, help="Continue the run in -o from its last complete epoch.")
+@click.option("--force", is_flag=True, help="Replace an existing run in -o.")
+@click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped.")
+@format_options
+@pass_app
+def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset: str | None, sets: tuple[str, ...],
+              resume: bool, force: bool, strict_images: bool, fmt: str, as_json: bool, **params: Any) -> None:
+    """Train a classifier on DATA and write the run folder -o RUN_DIR.
+
+    DATA is a folder (one subfolder per class, or train/ val/ test/ of those), a csv or
+    jsonl list (path,label), IDX files (idx:/usr/share/datasets/fashion-mnist), or any
+    NAME:ARG a dataset plugin registers. Validation is a stratified --val-fraction of the
+    training split; a test split is never read. Every epoch is committed atomically, so
+    an interrupted run loses at most the epoch in progress: continue with --resume.
+    """
+    from pixdex.train import resume_config, train
+
+    flags = flags_layer(params)
+    for key, section in (("epochs", "train"), ("lr", "train"), ("optimizer", "train"), ("seed", "train"),
+                         ("val_fraction", "data"), ("labels", "data"), ("max_pixels", "data")):
+        if params.get(key) is not None:
+            flags.setdefault(section, {})[key] = params[key]
+    if strict_images:
+        flags.setdefault("data", {})["strict_images"] = True
+    config = api.configure(app.plugins, preset=preset, config_file=config_file, flags=flags, sets=list(sets))
+    for line in config.notes:
+        app.note(f"pixdex: note: {line}")
+    if resume:
+        from pixdex.config import Config, parse_assignments, validate
+
+        changed = {s: dict(v) for s, v in flags.items()}
+        for s, v in parse_assignments(list(sets)).items():
+            changed.setdefault(s, {}).update(v)
+        changed.get("train", {}).pop("epochs", None)
+        config = Config(validate(resume_config(Path(run_dir), config, changed), app.plugins.registry))
+    result = train(data, run_dir, app.plugins, config, resume=resume, force=force,
+                   notify=app.note, progress=not app.quiet)
+    write_skips(app, result.skipped, None, config["data"]["strict_images"])
+    best = next((r for r in result.history if r["epoch"] == result.best_epoch), result.history[-1])
+    payload = {"run_dir": str(result.run_dir), "epochs": result.epochs_done, "best_epoch": result.best_epoch,
+               "best": best, "last": result.history[-1], "classes": result.manifest["data"]["classes"],
+               "train_count": result.manifest["data"]["train_count"],
+               "val_count": result.manifest["data"]["val_count"], "skipped": len(result.skipped)}
+    rows = [{"epoch": r["epoch"], **{k: r[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}}
+            for r in result.history]
+    emit(rows, resolve_format(fmt, as_json), payload=payload)
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path())
+@click.argument("data")
+@click.option("--split", default=None, help="Which split of DATA (default: test if it has one, else all).")
+@click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
+              help="How labels are read from a plain path.")
+@click.option("--confusion", "confusion_png", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the confusion matrix to this PNG (needs pixdex[plots]).")
+@runtime_options
+@format_options
+@pass_app
+def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: str, confusion_png: str | None,
+                 sets: tuple[str, ...], skipped_file: str | None, strict_images: bool, fmt: str, as_json: bool,
+                 **params: Any) -> None:
+    """Measure a trained run on labelled DATA: top-1, top-5, per-class precision, recall
+    and F1, and the confusion matrix. Uses DATA's test split when it has one."""
+    from pixdex.recognize import evaluate
+
+    runtime = _runtime(app, params, sets, "evaluate")
+    report = evaluate(run_dir, data, app.plugins, runtime, split=split, labels=labels,
+                      max_pixels=runtime["max_pixels"], notify=app.note)
+    write_skips(app, report.pop("_skipped_entries"), skipped_file, strict_images)
+    if confusion_png:
+        from pixdex.artifacts import atomic_write_bytes
+        from pixdex.plots import plot_confusion
+
+        png = plot_confusion(report["confusion"], report["classes"], notify=app.note)
+        if png is not None:
+            atomic_write_bytes(Path(confusion_png), png)
+    app.note(f"pixdex: {report['count']} images ({report['split']}): top1 {report['top1']:.4f}, top5 {report['top5']:.4f}")
+    emit(report["per_class"], resolve_format(fmt, as_json), payload=report,
+         columns=["class", "precision", "recall", "f1", "support"])
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many labels to report per image.")
+@runtime_options
+@format_options
+@pass_app
+def predict_cmd(app: App, model: str, images: tuple[str, ...], k: int, sets: tuple[str, ...],
+                skipped_file: str | None, strict_images: bool, fmt: str, as_json: bool, **params: Any) -> None:
+    """Label IMAGES (files or folders) with a trained run folder: the top-k classes with
+    probabilities. Bad images are reported; exit 1 when none could be read."""
+    from pixdex.recognize import predict
+
+    runtime = _runtime(app, params, sets, "predict")
+    rows, skipped = predict(model, list(images), app.plugins, runtime, k=k, max_pixels=runtime["max_pixels"],
+                            notify=app.note)
+    write_skips(app, skipped, skipped_file, strict_images)
+    emit(rows, resolve_format(fmt, as_json), columns=["path", "label", "probability", "top"],
+         flatten=lambda r: {**r, "top": ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])})
+
+
+def register(cli: click.Group) -> None:
+    for command in (train_cmd, evaluate_cmd, predict_cmd):
+        cli.add_command(command)

@@ -1,0 +1,128 @@
+"""Batches of uint8 images for training and inference, from files or from tensors.
+
+Two sources with one interface: :class:`TensorSource` (data already decoded, e.g. IDX;
+it never round-trips through PIL and can live on the GPU) and :class:`FileSource`
+(DataLoader workers decode files with the transform's ``.load``). Both yield
+``(uint8[B, C, H, W] on device, int64 labels, int64 item indices)``; the transform's
+``.batch`` then runs on the device. Skipped files are collected once per path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from pixdex.contracts import Transform
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The item order of one epoch: a permutation seeded by (seed, epoch), so a resumed
+    run sees exactly the order an uninterrupted one would."""
+    if not shuffle:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def fit_to(images: torch.Tensor, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
+    """Adapt decoded uint8 tensors to a model's channels and size (tensor path only)."""
+    if images.shape[1] != in_chans:
+        images = images.expand(-1, in_chans, -1, -1) if images.shape[1] == 1 else \
+            images.float().mean(1, keepdim=True).round().to(torch.uint8)
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
+                               antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
+
+
+class TensorSource:
+    """Batches from an in-memory uint8 tensor (kept on ``device`` when it is a GPU)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Transform, *,
+                 batch_size: int, device: str, seed: int = 0) -> None:
+        keep_on = device if device.startswith("cuda") else "cpu"
+        self.images = images.to(keep_on)
+        self.labels = labels.to(keep_on)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.skipped: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def num_batches(self, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // self.batch_size if drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
+                order: torch.Tensor | None = None) -> Iterator[Batch]:
+        order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
+        order = order.to(self.images.device)
+        stop = len(order) - (len(order) % self.batch_size if drop_last else 0)
+        for start in range(0, stop, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = fit_to(self.images[idx], self.transform.in_chans, self.transform.size)
+            yield (x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True),
+                   idx.cpu())
+
+
+class _Order(torch.utils.data.Sampler):
+    def __init__(self, order: torch.Tensor) -> None:
+        self.order = order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class FileSource:
+    """Batches decoded from files by DataLoader workers (order kept, skips reported)."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform: Transform, *, batch_size: int,
+                 device: str, workers: int, max_pixels: int, seed: int = 0, opener: Any = None) -> None:
+        from pixdex.loading import ImageFiles
+
+        # opener: a dataset's own .image(key) for keys that are not file paths
+        self.dataset = ImageFiles(list(zip(paths, labels)), transform.load, max_pixels=max_pixels, opener=opener)
+        self.paths = paths
+        self.batch_size = batch_size
+        self.device = device
+        self.workers = workers
+        self.seed = seed
+        self._skipped: dict[str, dict[str, Any]] = {}
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        return list(self._skipped.values())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def num_batches(self, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // self.batch_size if drop_last else -(-n // self.batch_size)
+
+    def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
+                order: torch.Tensor | None = None) -> Iterator[Batch]:
+        from pixdex.loading import collate
+
+        order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=_Order(order), num_workers=self.workers,
+            collate_fn=collate, pin_memory=self.device.startswith("cuda"), drop_last=drop_last,
+            persistent_workers=False,
+        )
+        for images, labels, indices, skips in loader:
+            for skip in skips:
+                self._skipped.setdefault(skip["path"], skip)
+            if len(indices) == 0:
+                continue
+            yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), indices)

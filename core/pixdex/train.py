@@ -1,0 +1,357 @@
+"""The training loop and the run folder it commits after every epoch.
+
+One epoch: a seeded permutation of the training items, on-device augmentation
+(``transform.batch``), AMP on CUDA, validation, then an atomic commit of
+``last.safetensors`` + ``last.json`` (exact resume), ``history.csv``, ``skipped.jsonl``,
+``model.safetensors`` when validation improved, and ``pixdex.json`` last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pixdex.artifacts import FolderWriter, crash_point, load_safetensors, read_json, tensors_to_bytes
+from pixdex.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
+from pixdex.config import Config
+from pixdex.device import Placement, placement
+from pixdex.errors import PixdexError, UsageError
+from pixdex.plugins import PluginSet
+from pixdex.prepare import make_source, measure, prepare_training
+from pixdex.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, RUN_MANIFEST, Pipeline, build_pipeline,
+                         data_info_record, now, versions)
+from pixdex.schedule import lr_factor, make_optimizer, set_lr
+from pixdex.world import World
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                   "images_per_second"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    history: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def autocast(place: Placement) -> Any:
+    if place.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=place.device_type, dtype=place.amp_dtype)
+
+
+def _skips_jsonl(skips: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skips).encode("utf-8", "surrogateescape")
+
+
+def _history_csv(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        out.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else None))
+                    for k, v in row.items()})
+    return out
+
+
+class Trainer:
+    """Trains one run; see :func:`train`."""
+
+    def __init__(self, pset: PluginSet, config: Config, data_spec: str, run_dir: Path, *, world: World,
+                 notify: Callable[[str], None], progress: bool) -> None:
+        self.pset, self.config, self.data_spec, self.run_dir = pset, config, data_spec, run_dir
+        self.world, self.notify, self.progress = world, notify, progress
+        self.t = config["train"]
+        self.seed = int(self.t["seed"])
+
+    def setup(self) -> None:
+        cfg, data = self.config, self.config["data"]
+        runtime = cfg["runtime"]
+        self.place = placement(runtime["device"], runtime["precision"], notify=self.notify)
+        torch.manual_seed(self.seed)
+        self.prep = prepare_training(self.data_spec, self.pset, data, self.seed)
+        if len(self.prep.classes) < 2:
+            raise PixdexError(f"{self.data_spec} has {len(self.prep.classes)} class; a classifier needs at least 2")
+        self.info = measure(self.prep, data["max_pixels"], len(self.prep.classes), self.seed)
+        torch.manual_seed(self.seed)  # the model's initial weights depend on the seed alone
+        built = build_pipeline(self.pset, cfg, self.info)
+        self.model: Pipeline = built.pipeline.to(self.place.device)
+        if self.place.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_t, self.eval_t, self.data_config = built.train_transform, built.eval_transform, built.data_config
+        common = dict(runtime=runtime, device=self.place.device, max_pixels=data["max_pixels"], seed=self.seed,
+                      opener=getattr(self.prep.dataset, "image", None))
+        self.train_src = make_source(self.prep.tensors, self.prep.train, self.train_t, **common)
+        self.val_src = make_source(self.prep.tensors, self.prep.val, self.eval_t, **common)
+        self.optimizer = make_optimizer(self.model, self.t)
+        self.drop_last = len(self.train_src) > runtime["batch_size"]
+        self.steps_per_epoch = max(1, self.train_src.num_batches(self.drop_last))
+        schedule_epochs = self.t["schedule_epochs"] or self.t["epochs"]
+        self.total_steps = schedule_epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(self.t["warmup_epochs"] * self.steps_per_epoch))
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.step, self.best = 0, 0, None
+        self.best_epoch = 0
+
+    # --- resume ----------------------------------------------------------------------------
+    def restore(self) -> None:
+        last = read_json(self.run_dir / "last.json", "checkpoint")
+        tensors, _ = load_safetensors(self.run_dir / "last.safetensors", "checkpoint")
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        from pixdex.runs import check_weights_fit
+
+        check_weights_fit(self.model, model_state, str(self.run_dir / "last.safetensors"))
+        self.model.load_state_dict(model_state)
+        optimizer_from_flat(self.optimizer, {k: v.to(self.place.device) for k, v in tensors.items()}, last["optimizer"])
+        set_rng_state(last["rng"], tensors)
+        self.start_epoch, self.step = last["epoch"], last["step"]
+        self.best, self.best_epoch = last["best"], last["best_epoch"]
+        self.history = read_history(self.run_dir / "history.csv")[: self.start_epoch]
+        self.notify(f"pixdex: resuming {self.run_dir} after epoch {self.start_epoch}")
+
+    # --- one epoch -------------------------------------------------------------------------
+    def frozen(self, epoch: int) -> bool:
+        return bool(self.t["freeze_backbone"]) or epoch < int(self.t["unfreeze_after"])
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        model, place = self.model, self.place
+        model.train()
+        frozen = self.frozen(epoch)
+        for p in model.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            model.backbone.eval()  # a linear probe keeps batch-norm statistics fixed too
+        sums = torch.zeros(3, dtype=torch.float64, device=place.device)  # loss*n, correct, n
+        bar = self._bar(epoch)
+        start, lr = time.perf_counter(), 0.0
+        for x, y, _ in self.train_src.batches(epoch, shuffle=True, drop_last=self.drop_last):
+            lr = set_lr(self.optimizer, lr_factor(self.step, total_steps=self.total_steps,
+                                                  warmup_steps=self.warmup_steps, schedule=self.t["schedule"]))
+            if place.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            inputs = self.train_t.batch(x)
+            with autocast(place):
+                emb = model(inputs)
+                loss = model.head(emb, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            with torch.no_grad():
+                n = y.shape[0]
+                correct = (model.logits(emb.detach()).argmax(1) == y).sum() if model.has_classifier else torch.zeros(())
+                sums += torch.stack([loss.detach().double() * n, correct.double().to(sums.device), torch.tensor(float(n), device=sums.device, dtype=torch.float64)])
+            if bar is not None:
+                bar.update(1)
+                if self.step % 10 == 0:
+                    s = sums.tolist()
+                    bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}",
+                                    img_s=f"{s[2] / (time.perf_counter() - start):.0f}")
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - start
+        loss_sum, correct, n = self.world.sum(sums.tolist())
+        if not math.isfinite(loss_sum):
+            raise PixdexError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
+        return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1) if model.has_classifier else None,
+                "lr": lr, "seconds": round(seconds, 3), "images_per_second": round(n / max(seconds, 1e-9), 1)}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        model, place = self.model, self.place
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=place.device)
+        for x, y, _ in self.val_src.batches(0, shuffle=False):
+            if place.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(place):
+                emb = model(self.eval_t.batch(x))
+                loss = model.head(emb, y)
+            correct = (model.logits(emb).argmax(1) == y).sum() if model.has_classifier else torch.zeros((), device=sums.device)
+            n = y.shape[0]
+            sums += torch.stack([loss.double() * n, correct.double().to(sums.device), torch.tensor(float(n), dtype=torch.float64, device=sums.device)])
+        loss_sum, correct, n = self.world.sum(sums.tolist())
+        if n == 0:
+            return {"val_loss": None, "val_accuracy": None}
+        return {"val_loss": loss_sum / n, "val_accuracy": correct / n if model.has_classifier else None}
+
+    def _bar(self, epoch: int) -> Any:
+        if not self.progress or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="batch",
+                    file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def improved(self, row: dict[str, Any]) -> bool:
+        """Best by validation accuracy, else validation loss, else training loss."""
+        for key, sign in (("val_accuracy", 1.0), ("val_loss", -1.0), ("train_loss", -1.0)):
+            if row.get(key) is not None:
+                score = sign * row[key]
+                if self.best is None or score > self.best:
+                    self.best = score
+                    return True
+                return False
+        return False
+
+    # --- the run folder --------------------------------------------------------------------
+    def manifest(self, status: str, files: dict[str, str]) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+        return {
+            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": status,
+            "created": self.created, "updated": now(),
+            "config": self.config.to_dict(),
+            "data": {"spec": self.data_spec, "split": self.prep.split_name, "classes": self.prep.classes,
+                     "train_count": len(self.prep.train.keys), "val_count": len(self.prep.val.keys),
+                     "skipped": len(self.skipped()), "info": data_info_record(self.info)},
+            "data_config": self.data_config,
+            "embed_dim": int(self.model.backbone.embed_dim),
+            "metric": getattr(self.model.head, "metric", "cosine"),
+            "has_classifier": self.model.has_classifier,
+            "epochs_done": len(self.history), "best_epoch": self.best_epoch,
+            "metrics": {"best": best_row, "last": last},
+            "placement": self.place.to_dict(), "versions": versions(), "files": files,
+        }
+
+    def skipped(self) -> list[dict[str, Any]]:
+        seen = {s["path"]: s for s in self.prep.skipped}
+        for src in (self.train_src, self.val_src):
+            for s in src.skipped:
+                seen.setdefault(s["path"], s)
+        return list(seen.values())
+
+    def checkpoint(self, writer: FolderWriter, epoch: int, improved: bool, status: str) -> None:
+        model_state = {k: v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_to_flat(self.optimizer)
+        rng_json, rng_tensors = rng_state()
+        tensors = {f"model.{k}": v for k, v in model_state.items()} | opt_tensors | rng_tensors
+        writer.write_bytes("last.safetensors", tensors_to_bytes(tensors, {"format": "pixdex-checkpoint"}))
+        writer.write_json("last.json", {"epoch": epoch + 1, "step": self.step, "best": self.best,
+                                        "best_epoch": self.best_epoch, "optimizer": opt_meta, "rng": rng_json,
+                                        "seed": self.seed})
+        if improved:
+            writer.write_bytes("model.safetensors", tensors_to_bytes(model_state, {"format": "pixdex-model"}))
+        writer.write_bytes("history.csv", _history_csv(self.history))
+        writer.write_bytes("skipped.jsonl", _skips_jsonl(self.skipped()))
+        if status == "complete":
+            self.plot(writer)
+        crash_point("train:checkpoint")
+        files = self.files | writer.commit(self.manifest(status, {}))
+        self.files = files
+
+    def plot(self, writer: FolderWriter) -> None:
+        from pixdex.plots import plot_history
+
+        png = plot_history(self.history, notify=self.notify)
+        if png is not None:
+            writer.write_bytes("curves.png", png)
+
+    def summary(self, row: dict[str, Any]) -> str:
+        parts = [f"epoch {row['epoch']}/{self.t['epochs']}: train loss {row['train_loss']:.4f}"]
+        if row["train_accuracy"] is not None:
+            parts.append(f"acc {row['train_accuracy']:.4f}")
+        if row["val_loss"] is not None:
+            parts.append(f"| val loss {row['val_loss']:.4f}")
+        if row["val_accuracy"] is not None:
+            parts.append(f"acc {row['val_accuracy']:.4f}")
+        parts.append(f"| {row['images_per_second']:.0f} img/s, {row['seconds']:.1f}s")
+        return " ".join(parts)
+
+    def run(self, writer: FolderWriter | None, resume: bool) -> TrainResult:
+        self.setup()
+        self.created = now()
+        self.files: dict[str, str] = {}
+        if resume:
+            self.restore()
+            self.created = read_json(self.run_dir / RUN_MANIFEST, "run manifest").get("created", self.created)
+        epochs = int(self.t["epochs"])
+        if self.start_epoch >= epochs:
+            raise UsageError(f"{self.run_dir} already has {self.start_epoch} epochs; pass a larger --epochs to continue")
+        for epoch in range(self.start_epoch, epochs):
+            row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.validate()}
+            self.history.append({k: row.get(k) for k in HISTORY_COLUMNS})
+            improved = self.improved(row)
+            if improved:
+                self.best_epoch = epoch + 1
+            self.notify(self.summary(row))
+            if writer is None:
+                continue
+            if (epoch + 1) % max(1, int(self.t["checkpoint_every"])) == 0 or epoch + 1 == epochs:
+                self.checkpoint(writer, epoch, improved, "complete" if epoch + 1 == epochs else "training")
+            elif improved:  # between checkpoints the best weights are still committed at once
+                writer.write_bytes("model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"}))
+                writer.write_bytes("history.csv", _history_csv(self.history))
+                self.files = self.files | writer.commit(self.manifest("training", {}))
+        return TrainResult(self.run_dir, len(self.history), self.best_epoch, self.history, self.skipped(),
+                           self.manifest("complete", self.files))
+
+
+def train(data_spec: str, run_dir: str | Path, pset: PluginSet, config: Config, *, resume: bool = False,
+          force: bool = False, world: World | None = None, notify: Callable[[str], None] | None = None,
+          progress: bool = True, lock_timeout: float = 0.0) -> TrainResult:
+    """Train a model on ``data_spec`` into ``run_dir`` (committed atomically every epoch).
+
+    ``resume`` continues from the last complete epoch with the saved configuration
+    (only ``train.epochs`` and ``[runtime]`` may change). An existing run folder is
+    refused unless ``resume`` or ``force``.
+    """
+    run_dir = Path(run_dir)
+    notify = notify or (lambda line: print(line, file=sys.stderr))
+    world = world or World()
+    exists = (run_dir / RUN_MANIFEST).exists()
+    if resume and not (run_dir / "last.json").exists():
+        raise UsageError(f"nothing to resume in {run_dir}: it has no last.json checkpoint")
+    if exists and not resume and not force:
+        raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or --force to replace it")
+    trainer = Trainer(pset, config, data_spec, run_dir, world=world, notify=notify, progress=progress)
+    if not world.is_main:
+        return trainer.run(None, resume)
+    with FolderWriter(run_dir, manifest_name=RUN_MANIFEST, lock_timeout=lock_timeout) as writer:
+        if force and not resume:
+            for old in ("model.safetensors", "last.safetensors", "last.json", "curves.png", "confusion.png"):
+                if writer.exists(old):
+                    writer.remove(old)
+        return trainer.run(writer, resume)
+
+
+def resume_config(run_dir: Path, requested: Config, changed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The saved run's configuration with only epochs and [runtime] taken from the command line."""
+    saved = read_json(run_dir / RUN_MANIFEST, "run manifest")["config"]
+    for section, values in changed.items():
+        for key, value in values.items():
+            if section == "runtime" or (section == "train" and key == "epochs"):
+                continue
+            if saved.get(section, {}).get(key) == value:
+                continue  # repeating the saved value is fine
+            raise UsageError(
+                f"--resume continues {run_dir} with its saved configuration; {section}.{key} cannot change "
+                f"(only --epochs and runtime keys can)"
+            )
+    merged = {s: dict(v) for s, v in saved.items()}
+    merged["runtime"] = dict(requested["runtime"])
+    merged["train"]["epochs"] = requested["train"]["epochs"]
+    return merged
+
+
