@@ -28,6 +28,29 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def pk_order(labels: torch.Tensor, p: int, k: int, seed: int, epoch: int) -> torch.Tensor:
+    """An epoch of P x K batches for metric-learning losses: each consecutive block of
+    ``p * k`` items holds ``p`` distinct classes with ``k`` items each (drawn with
+    replacement only when a class has fewer than ``k``). About one pass over the data."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 7)
+    labels = labels.cpu()
+    classes = torch.unique(labels)
+    p = min(p, len(classes))
+    members = {int(c): torch.nonzero(labels == c).flatten() for c in classes}
+    n_batches = max(1, len(labels) // (p * k))
+    blocks = []
+    for _ in range(n_batches):
+        chosen = classes[torch.randperm(len(classes), generator=gen)[:p]]
+        for c in chosen.tolist():
+            pool = members[c]
+            if len(pool) >= k:
+                pick = pool[torch.randperm(len(pool), generator=gen)[:k]]
+            else:
+                pick = pool[torch.randint(len(pool), (k,), generator=gen)]
+            blocks.append(pick)
+    return torch.cat(blocks)
+
+
 def fit_to(images: torch.Tensor, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
     """Adapt decoded uint8 tensors to a model's channels and size (tensor path only)."""
     if images.shape[1] != in_chans:

@@ -105,14 +105,36 @@ class Trainer:
         self.train_src = make_source(self.prep.tensors, self.prep.train, self.train_t, **common)
         self.val_src = make_source(self.prep.tensors, self.prep.val, self.eval_t, **common)
         self.optimizer = make_optimizer(self.model, self.t)
-        self.drop_last = len(self.train_src) > runtime["batch_size"]
-        self.steps_per_epoch = max(1, self.train_src.num_batches(self.drop_last))
+        self.pk = self._pk_request()
+        if self.pk is not None:  # the loss asks for P classes x K images per batch
+            self.train_src.batch_size = self.pk[0] * self.pk[1]
+        self.drop_last = self.pk is not None or len(self.train_src) > runtime["batch_size"]
+        self.steps_per_epoch = max(1, len(self.epoch_order(0)) // self.train_src.batch_size if self.pk
+                                   else self.train_src.num_batches(self.drop_last))
         schedule_epochs = self.t["schedule_epochs"] or self.t["epochs"]
         self.total_steps = schedule_epochs * self.steps_per_epoch
         self.warmup_steps = int(round(self.t["warmup_epochs"] * self.steps_per_epoch))
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.step, self.best = 0, 0, None
         self.best_epoch = 0
+
+    def _pk_request(self) -> tuple[int, int] | None:
+        request = getattr(self.model.head, "batch_sampler", None)
+        if request is None:
+            return None
+        if not (isinstance(request, tuple) and len(request) == 3 and request[0] == "pk"):
+            raise PixdexError(f"loss '{self.config['loss']['name']}' asks for an unknown batch sampler {request!r}")
+        p = min(int(request[1]), len(self.prep.classes))
+        return p, int(request[2])
+
+    def epoch_order(self, epoch: int) -> torch.Tensor | None:
+        """The items of one epoch, in batch order (None: the sources' seeded shuffle)."""
+        if self.pk is None:
+            return None
+        from pixdex.inputs import pk_order
+
+        labels = torch.tensor(self.prep.train.labels, dtype=torch.long)
+        return pk_order(labels, self.pk[0], self.pk[1], self.seed, epoch)
 
     # --- resume ----------------------------------------------------------------------------
     def restore(self) -> None:
@@ -145,7 +167,8 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)  # loss*n, correct, n
         bar = self._bar(epoch)
         start, lr = time.perf_counter(), 0.0
-        for x, y, _ in self.train_src.batches(epoch, shuffle=True, drop_last=self.drop_last):
+        for x, y, _ in self.train_src.batches(epoch, shuffle=True, drop_last=self.drop_last,
+                                              order=self.epoch_order(epoch)):
             lr = set_lr(self.optimizer, lr_factor(self.step, total_steps=self.total_steps,
                                                   warmup_steps=self.warmup_steps, schedule=self.t["schedule"]))
             if place.channels_last:
