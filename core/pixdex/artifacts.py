@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pixdex.errors import ArtifactError
 
@@ -339,11 +339,13 @@ class FolderWriter:
         _check_name(name)
         self._removes.append(name)
 
-    def commit(self, manifest: dict[str, Any]) -> dict[str, str]:
+    def commit(self, manifest: dict[str, Any] | Callable[[dict[str, dict[str, Any]]], dict[str, Any]]) -> dict[str, str]:
         """Make every staged file and ``manifest`` current, all together.
 
-        Returns the sha256 of each committed file. The writer stays usable: a long job
-        (training) commits a checkpoint per epoch under one lock.
+        ``manifest`` may be a function of the staged files' ``{name: {size, sha256}}``, so
+        a manifest can record the checksums of exactly what it commits. Returns the
+        sha256 of each committed file. The writer stays usable: a long job (training)
+        commits a checkpoint per epoch under one lock.
         """
         renames = []
         for name, path in self._staged.items():
@@ -355,6 +357,8 @@ class FolderWriter:
         for sub in {p.parent for p in self._staged.values()}:
             fsync_dir(sub)
         crash_point("commit:staged")
+        if callable(manifest):
+            manifest = manifest({r["dst"]: {"size": r["size"], "sha256": r["sha256"]} for r in renames})
         record = {"version": 1, "manifest_name": self.manifest_name, "renames": renames,
                   "removes": [r for r in self._removes if r not in self._staged], "manifest": manifest}
         with flock(self.folder / COMMIT_LOCK_FILE, timeout=60.0):

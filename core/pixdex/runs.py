@@ -28,6 +28,16 @@ RUN_FORMAT = "pixdex-run"
 RUN_FORMAT_VERSION = 1
 
 
+class NoHead(nn.Module):
+    """The head of an embedding-only model (a backbone spec used for retrieval): no
+    parameters, no classifier."""
+
+    metric = "cosine"
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise PixdexError("this model has no loss: it only embeds (train a run to get one)")
+
+
 class Pipeline(nn.Module):
     """backbone (images -> embeddings) and head (the loss module, maybe a classifier)."""
 
@@ -69,8 +79,11 @@ def build_pipeline(pset: PluginSet, config: Config, info: DataInfo) -> Built:
     t_name, t_opts = config.component("transform")
     train_t = registry.build("transform", t_name, t_opts, train=True, data_config=data_config)
     eval_t = registry.build("transform", t_name, t_opts, train=False, data_config=data_config)
-    l_name, l_opts = config.component("loss")
-    head = registry.build("loss", l_name, l_opts, embed_dim=int(backbone.embed_dim), num_classes=info.num_classes)
+    if "loss" in config.sections:
+        l_name, l_opts = config.component("loss")
+        head = registry.build("loss", l_name, l_opts, embed_dim=int(backbone.embed_dim), num_classes=info.num_classes)
+    else:
+        head = NoHead()
     return Built(Pipeline(backbone, head), train_t, eval_t, data_config)
 
 
@@ -158,7 +171,8 @@ def load_run(run_dir: str | Path, pset: PluginSet, *, weights: str = "model.safe
     manifest = read_run_manifest(run_dir)
     if not (run_dir / weights).exists():
         raise ArtifactError(f"{run_dir} has no {weights}: training did not finish an epoch; `pixdex train --resume` continues it")
-    sections = validate(manifest["config"], pset.registry, ("backbone", "transform", "loss"))
+    sections = validate(manifest["config"], pset.registry,
+                        tuple(s for s in ("backbone", "transform", "loss") if s in manifest["config"]))
     config = Config({**manifest["config"], **sections})
     built = build_pipeline(pset, config, data_info_from(manifest["data"]["info"]))
     tensors, _ = load_safetensors(run_dir / weights, "model weights")

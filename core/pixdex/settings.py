@@ -49,10 +49,20 @@ class DataSettings:
     strict_images: bool = False  # any skipped image makes the command fail
 
 
+@dataclass
+class RetrievalSettings:
+    """[retrieval]: how embeddings are compared and searched."""
+
+    metric: str = "auto"  # auto (the model's loss decides; cosine) | cosine | l2 | ip
+    k: int = 10  # neighbours returned by search
+    chunk_size: int = 4096  # gallery rows per block in exact evaluation (memory bound)
+
+
 FIXED_SECTIONS: dict[str, type] = {
     "runtime": RuntimeSettings,
     "train": TrainSettings,
     "data": DataSettings,
+    "retrieval": RetrievalSettings,
 }
 COMPONENT_SECTIONS: tuple[str, ...] = ("backbone", "transform", "loss", "index")
 RUNTIME_KEYS = tuple(RuntimeSettings.__dataclass_fields__)

@@ -162,18 +162,32 @@ def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: s
 @click.argument("images", nargs=-1, required=True)
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many labels to report per image.")
+@click.option("--neighbours", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With an index folder: how many nearest labelled images vote.")
 @runtime_options
 @format_options
 @pass_app
-def predict_cmd(app: App, model: str, images: tuple[str, ...], k: int, sets: tuple[str, ...],
+def predict_cmd(app: App, model: str, images: tuple[str, ...], k: int, neighbours: int, sets: tuple[str, ...],
                 skipped_file: str | None, strict_images: bool, fmt: str, as_json: bool, **params: Any) -> None:
-    """Label IMAGES (files or folders) with a trained run folder: the top-k classes with
-    probabilities. Bad images are reported; exit 1 when none could be read."""
-    from pixdex.recognize import predict
+    """Label IMAGES (files or folders): the top-k classes with probabilities.
+
+    MODEL is a run folder (its classifier decides) or an index folder (the labels of the
+    nearest indexed images vote, weighted by similarity: the way to classify with a
+    metric-learning model). Bad images are reported; exit 1 when none could be read.
+    """
+    from pathlib import Path
 
     runtime = _runtime(app, params, sets, "predict")
-    rows, skipped = predict(model, list(images), app.plugins, runtime, k=k, max_pixels=runtime["max_pixels"],
-                            notify=app.note)
+    if (Path(model) / "manifest.json").exists():
+        from pixdex.search import predict_by_neighbours
+
+        rows, skipped = predict_by_neighbours(model, list(images), app.plugins, runtime, k=neighbours, top=k,
+                                              max_pixels=runtime["max_pixels"], notify=app.note)
+    else:
+        from pixdex.recognize import predict
+
+        rows, skipped = predict(model, list(images), app.plugins, runtime, k=k, max_pixels=runtime["max_pixels"],
+                                notify=app.note)
     write_skips(app, skipped, skipped_file, strict_images)
     emit(rows, resolve_format(fmt, as_json), columns=["path", "label", "probability", "top"],
          flatten=lambda r: {**r, "top": ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])})

@@ -1,0 +1,249 @@
+"""`pixdex embed`, `pixdex index build|add|remove|info`, `pixdex search`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pixdex import api
+from pixdex.cli.app import App, pass_app
+from pixdex.cli.options import config_options, flags_layer
+from pixdex.cli.output import emit, format_options, resolve_format
+from pixdex.cli.recognition import runtime_options, write_skips
+from pixdex.config import Config, parse_assignments
+from pixdex.errors import UsageError
+
+MODEL_HELP = ("MODEL is a run folder from `pixdex train`, or a backbone spec such as "
+              "timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.")
+
+
+def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None,
+                  config_file: str | None) -> Config:
+    """Config for commands that take MODEL: a run folder fixes backbone/transform/loss."""
+    from pixdex.models import is_run_folder, model_layer
+
+    flags = flags_layer(params)
+    if params.get("index_name"):
+        flags.setdefault("index", {})["name"] = params["index_name"]
+    if params.get("metric"):
+        flags.setdefault("retrieval", {})["metric"] = params["metric"]
+    if is_run_folder(model):
+        fixed = {s for s in parse_assignments(list(sets)) if s in ("backbone", "transform", "loss", "train")}
+        if fixed:
+            raise UsageError(f"{model} is a run folder: its {', '.join(sorted(fixed))} settings are fixed; "
+                             f"only runtime, index and retrieval keys can be set")
+    for section, values in model_layer(model).items():
+        flags.setdefault(section, {}).update(values)
+    config = api.configure(app.plugins, preset=preset, config_file=config_file, flags=flags, sets=list(sets))
+    for line in config.notes:
+        app.note(f"pixdex: note: {line}")
+    return config
+
+
+def _options(app: App, config: Config, params: dict[str, Any], **extra: Any) -> Any:
+    from pixdex.indexing import Options
+
+    return Options(runtime=config["runtime"], max_pixels=params.get("max_pixels") or config["data"]["max_pixels"],
+                   progress=not app.quiet, notify=app.note, **extra)
+
+
+def index_options(func: Any) -> Any:
+    for option in reversed([
+        click.option("--index", "index_name", default=None, metavar="NAME",
+                     help="The index component (`pixdex list indexes`); default annoy."),
+        click.option("--metric", type=click.Choice(["auto", "cosine", "l2", "ip"]), default=None,
+                     help="Similarity; auto uses the model's (cosine for the built-in losses)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def data_options(func: Any) -> Any:
+    for option in reversed([
+        click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
+                     help="How labels are read from a plain path."),
+        click.option("--split", default=None, help="Only this split of DATA (default: all of it)."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images."),
+        click.option("--skipped", "skipped_file", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the skip report (JSON lines) to this file."),
+        click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
+        click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+                     help="Seconds to wait for another writer of the same folder."),
+    ]):
+        func = option(func)
+    return func
+
+
+@click.command("embed")
+@click.argument("model")
+@click.argument("data")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for embeddings.npy (float32) and items.jsonl.")
+@config_options
+@data_options
+@format_options
+@pass_app
+def embed_cmd(app: App, model: str, data: str, out_dir: str, config_file: str | None, preset: str | None,
+              sets: tuple[str, ...], labels: str, split: str | None, skipped_file: str | None, strict_images: bool,
+              lock_timeout: float, fmt: str, as_json: bool, **params: Any) -> None:
+    """Embed every image of DATA with MODEL into -o DIR (embeddings.npy + items.jsonl).
+
+    \b
+    """ + MODEL_HELP
+    from pixdex.indexing import embed_to_folder
+
+    config = _model_config(app, model, params, sets, preset, config_file)
+    result = embed_to_folder(model, data, out_dir, app.plugins, config,
+                             _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout))
+    write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
+    emit([result], resolve_format(fmt, as_json), payload=result)
+
+
+@click.group("index")
+def index_group() -> None:
+    """Build, extend, shrink and inspect index folders."""
+
+
+@index_group.command("build")
+@click.argument("model")
+@click.argument("data")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The index folder to write.")
+@click.option("--force", is_flag=True, help="Replace an existing index in -o.")
+@config_options
+@index_options
+@data_options
+@format_options
+@pass_app
+def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config_file: str | None,
+              preset: str | None, sets: tuple[str, ...], labels: str, split: str | None, skipped_file: str | None,
+              strict_images: bool, lock_timeout: float, fmt: str, as_json: bool, **params: Any) -> None:
+    """Embed DATA with MODEL and write a searchable index folder -o INDEX_DIR.
+
+    The folder holds the manifest, the embeddings, one line per item (stable id, path,
+    label, size, mtime, sha256), the model itself and the index's files, committed as
+    a unit. Set index options with --set index.KEY=VALUE (e.g. index.n_trees=20).
+
+    \b
+    """ + MODEL_HELP
+    from pixdex.indexing import build
+
+    config = _model_config(app, model, params, sets, preset, config_file)
+    result = build(model, data, out_dir, app.plugins, config,
+                   _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout), force=force)
+    write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
+    _emit_info(app, result, fmt, as_json)
+
+
+def _emit_info(app: App, record: dict[str, Any], fmt: str, as_json: bool) -> None:
+    if record.get("recall_at_10") is not None:
+        app.note(f"pixdex: {record['count']} items, {record['index']} recall@10 {record['recall_at_10']:.4f} "
+                 f"(measured against exact search)")
+    emit([record], resolve_format(fmt, as_json), payload=record,
+         columns=["path", "count", "dim", "metric", "index", "recall_at_10", "size_bytes"])
+
+
+@index_group.command("add")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("data")
+@runtime_options
+@click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
+              help="How labels are read from a plain path.")
+@click.option("--split", default=None, help="Only this split of DATA.")
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for another writer of the same folder.")
+@format_options
+@pass_app
+def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_file: str | None,
+            strict_images: bool, labels: str, split: str | None, lock_timeout: float, fmt: str, as_json: bool,
+            **params: Any) -> None:
+    """Add the images of DATA that INDEX_DIR lacks (by sha256), with the index's own model,
+    then rebuild the ANN structure from the stored embeddings."""
+    from pixdex.indexing import Options, add
+
+    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="index add")
+    opts = Options(runtime=runtime, max_pixels=params.get("max_pixels") or runtime["max_pixels"], labels=labels,
+                   split=split, progress=not app.quiet, lock_timeout=lock_timeout, notify=app.note)
+    result = add(index_dir, data, app.plugins, opts)
+    write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
+    app.note(f"pixdex: added {result['added']} new image(s)")
+    _emit_info(app, result, fmt, as_json)
+
+
+@index_group.command("remove")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for another writer of the same folder.")
+@format_options
+@pass_app
+def remove_cmd(app: App, index_dir: str, paths: tuple[str, ...], lock_timeout: float, fmt: str, as_json: bool) -> None:
+    """Remove the items at PATHS from INDEX_DIR (rows are compacted; ids stay stable)."""
+    from pixdex.indexing import Options, remove
+
+    runtime = api.runtime_config(app.plugins, what="index remove")
+    opts = Options(runtime=runtime, max_pixels=runtime["max_pixels"], lock_timeout=lock_timeout, notify=app.note)
+    result = remove(index_dir, list(paths), app.plugins, opts)
+    for path in result["not_found"]:
+        app.note(f"pixdex: not in the index: {path}")
+    _emit_info(app, result, fmt, as_json)
+
+
+@index_group.command("info")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@format_options
+@pass_app
+def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
+    """Counts, model, index parameters, measured recall and size on disk (verifies every file)."""
+    from pixdex.indexing import info
+
+    _emit_info(app, info(index_dir, app.plugins), fmt, as_json)
+
+
+@click.command("search")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("queries", nargs=-1, required=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Matches per query.")
+@click.option("--model", "model_override", type=click.Path(file_okay=False), default=None,
+              help="Use this run folder instead of the index's stored model (refused unless it matches).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML contact sheet of the results.")
+@runtime_options
+@format_options
+@pass_app
+def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model_override: str | None,
+               html_file: str | None, sets: tuple[str, ...], skipped_file: str | None, strict_images: bool,
+               fmt: str, as_json: bool, **params: Any) -> None:
+    """Find the images in INDEX_DIR most similar to each QUERY (image files or folders).
+
+    Scores: cosine similarity for cosine indexes, the dot product for ip, minus the
+    euclidean distance for l2; higher is more similar.
+    """
+    from pixdex.search import search
+
+    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="search")
+    rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k, model=model_override,
+                              max_pixels=params.get("max_pixels") or runtime["max_pixels"], notify=app.note)
+    write_skips(app, skipped, skipped_file, strict_images)
+    if html_file:
+        from pathlib import Path
+
+        from pixdex.artifacts import atomic_write_bytes
+        from pixdex.contact_sheet import search_sheet
+
+        atomic_write_bytes(Path(html_file), search_sheet(rows, f"pixdex search: {index_dir}").encode("utf-8",
+                                                                                                  "surrogateescape"))
+        app.note(f"pixdex: wrote {html_file}")
+    flat = [{"query": r["query"], **m} for r in rows for m in r["matches"]]
+    fmt = resolve_format(fmt, as_json)
+    if fmt == "json":
+        emit(rows, fmt)
+    else:
+        emit(flat, fmt, columns=["query", "rank", "score", "label", "path", "id"])
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(embed_cmd)
+    cli.add_command(index_group)
+    cli.add_command(search_cmd)

@@ -1,0 +1,141 @@
+"""Batched embedding of an image collection, with the facts an index keeps per item.
+
+Decoding runs in DataLoader workers, the transform and model on the chosen device;
+results stream back in item order. Bad images and non-finite embeddings are skipped and
+reported, never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from pixdex.contracts import Dataset, Item
+from pixdex.device import Placement
+from pixdex.errors import PixdexError
+from pixdex.images import DEFAULT_MAX_PIXELS
+from pixdex.inputs import FileSource
+from pixdex.plugins import PluginSet
+from pixdex.recognize import autocast
+from pixdex.runs import LoadedRun
+
+
+@dataclass
+class Collection:
+    """The items of DATA to embed, and how to open keys that are not file paths."""
+
+    items: list[Item]
+    dataset: Dataset | None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def opener(self) -> Any:
+        return getattr(self.dataset, "image", None)
+
+
+def collect(data_spec: str, pset: PluginSet, *, labels: str = "auto", split: str | None = None) -> Collection:
+    """Every item of DATA (all splits unless ``split``), labels where DATA has them."""
+    from pixdex.data import open_dataset
+
+    ds = open_dataset(data_spec, pset.registry, labels=labels)
+    if split is not None and split not in ds.splits():
+        raise PixdexError(f"{data_spec} has no split '{split}' (it has: {', '.join(ds.splits())})")
+    names = [split] if split else ds.splits()
+    items: list[Item] = []
+    for name in names:
+        items.extend(ds.items(name))
+    return Collection(items, ds, list(ds.skipped))
+
+
+def file_facts(key: str, opener: Any = None) -> dict[str, Any]:
+    """size, mtime and sha256 of a file (or of the decoded pixels of a dataset key)."""
+    if os.path.isfile(key):
+        digest = hashlib.sha256()
+        try:
+            with open(key, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+            st = os.stat(key)
+        except OSError as exc:
+            return {"size": None, "mtime": None, "sha256": None, "error": exc.strerror or str(exc)}
+        return {"size": st.st_size, "mtime": round(st.st_mtime, 3), "sha256": digest.hexdigest()}
+    if opener is not None:
+        try:
+            image = opener(key)
+        except Exception as exc:  # reported by the embedding pass as a skip; here only facts fail
+            return {"size": None, "mtime": None, "sha256": None, "error": str(exc)}
+        return {"size": None, "mtime": None, "sha256": hashlib.sha256(image.tobytes()).hexdigest()}
+    return {"size": None, "mtime": None, "sha256": None}
+
+
+def facts_for(keys: Sequence[str], opener: Any = None, threads: int = 4) -> list[dict[str, Any]]:
+    """file_facts for many keys; hashing releases the GIL, so threads overlap the reads."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda k: file_facts(k, opener), keys))
+
+
+@dataclass
+class Embedded:
+    """Rows that were embedded: ``positions`` index the input keys."""
+
+    embeddings: np.ndarray  # float32[M, D]
+    positions: np.ndarray  # int64[M]
+    skipped: list[dict[str, Any]]
+
+
+@torch.no_grad()
+def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], place: Placement, *,
+               opener: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+               desc: str = "embedding") -> Embedded:
+    """Embed ``keys`` in order; every readable image exactly once."""
+    model = run.pipeline.to(place.device).eval()
+    if place.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    source = FileSource(list(keys), [-1] * len(keys), run.transform, batch_size=runtime["batch_size"],
+                        device=place.device, workers=runtime["workers"], max_pixels=max_pixels, opener=opener)
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(keys), desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+    parts, positions, skipped = [], [], []
+    done = 0
+    for x, _, idx in source.batches(0, shuffle=False):
+        if place.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(place):
+            emb = model(run.transform.batch(x))
+        emb = emb.float().cpu().numpy()
+        finite = np.isfinite(emb).all(axis=1)
+        for pos in idx[~torch.from_numpy(finite)].tolist():
+            skipped.append({"path": keys[pos], "reason": "non-finite", "detail": "the model produced NaN or inf"})
+        parts.append(emb[finite])
+        positions.append(idx.numpy()[finite])
+        if bar is not None:
+            bar.update(len(idx) + (len(source.skipped) - done))
+            done = len(source.skipped)
+    if bar is not None:
+        bar.close()
+    dim = int(run.pipeline.backbone.embed_dim)
+    emb_all = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+    pos_all = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+    return Embedded(np.ascontiguousarray(emb_all, dtype=np.float32), pos_all.astype(np.int64),
+                    list(source.skipped) + skipped)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+

@@ -1,0 +1,261 @@
+"""Index folders: build, verify, open, add, remove.
+
+    manifest.json   what everything else must match (written last by each commit)
+    embeddings.npy  float32[N, D], row i = ANN id i (memory-mapped on read)
+    items.jsonl     one line per row: id (stable, never reused), row, path, label, size, mtime, sha256
+    model/          the model as a run folder (pixdex.json + model.safetensors)
+    index/          the index plugin's own files
+    skipped.jsonl   images that could not be embedded
+
+Nothing is trusted before it is checked: every file's size and sha256, and the
+manifest's dim, metric, count, model and format version, are verified before the index
+plugin (Annoy silently loads a wrong file, then crashes) is handed the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pixdex import __version__
+from pixdex.artifacts import FolderWriter, crash_point, reading, sha256_file
+from pixdex.config import Config
+from pixdex.embed import Collection, Embedded, embed_keys, facts_for, npy_bytes
+from pixdex.errors import ArtifactError, PixdexError
+from pixdex.plugins import PluginSet
+from pixdex.runs import LoadedRun, now
+
+INDEX_FORMAT = "pixdex-index"
+INDEX_FORMAT_VERSION = 1
+METRICS = ("cosine", "l2", "ip")
+
+
+def resolve_metric(config: Config, run: LoadedRun) -> str:
+    metric = config["retrieval"]["metric"]
+    if metric == "auto":
+        metric = run.manifest.get("metric") or "cosine"
+    if metric not in METRICS:
+        raise PixdexError(f"Unknown metric '{metric}': use auto, {', '.join(METRICS)}")
+    return metric
+
+
+def _items_jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8", "surrogateescape")
+
+
+def _skipped_jsonl(entries: list[dict[str, Any]]) -> bytes:
+    return _items_jsonl(entries)
+
+
+def read_items(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ArtifactError(f"{path} line {n} is not valid JSON; the index folder is damaged") from None
+    return out
+
+
+def build_ann(pset: PluginSet, config: Config, embeddings: np.ndarray, metric: str) -> Any:
+    name, opts = config.component("index")
+    if len(embeddings) == 0:
+        raise PixdexError("the collection is empty: no image could be embedded, so there is nothing to index")
+    index = pset.registry.build("index", name, opts, dim=int(embeddings.shape[1]), metric=metric)
+    try:
+        index.build(np.ascontiguousarray(embeddings, dtype=np.float32))
+    except ValueError as exc:
+        raise PixdexError(f"index '{name}' could not be built: {exc}") from None
+    return index
+
+
+@dataclass
+class IndexContents:
+    """Everything an index folder holds, before it is written."""
+
+    embeddings: np.ndarray
+    items: list[dict[str, Any]]
+    next_id: int
+    skipped: list[dict[str, Any]]
+
+
+def commit_index(writer: FolderWriter, pset: PluginSet, config: Config, contents: IndexContents, *, metric: str,
+                 model_record: dict[str, Any], created: str, carried_files: dict[str, dict[str, Any]] | None = None,
+                 notify: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Build the ANN over ``contents`` and commit every file plus the manifest together."""
+    name, opts = config.component("index")
+    ann = build_ann(pset, config, contents.embeddings, metric)
+    crash_point("index:built")
+    writer.write_bytes("embeddings.npy", npy_bytes(contents.embeddings.astype(np.float32, copy=False)))
+    writer.write_bytes("items.jsonl", _items_jsonl(contents.items))
+    writer.write_bytes("skipped.jsonl", _skipped_jsonl(contents.skipped))
+    staging = writer.staging_dir()
+    names = ann.save(staging)
+    for old in _old_index_files(writer.folder, names):
+        writer.remove(old)
+    writer.adopt(list(names), prefix="index/")
+    params = dict(getattr(ann, "params", {}) or {})
+    crash_point("index:staged")
+
+    def manifest(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        all_files = {**(carried_files or {}), **files}
+        return seal({
+            "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "pixdex_version": __version__,
+            "created": created, "updated": now(),
+            "dim": int(contents.embeddings.shape[1]), "metric": metric, "normalized": False,
+            "count": len(contents.items), "next_id": contents.next_id, "skipped": len(contents.skipped),
+            "model": model_record,
+            "index": {"name": name, "options": opts, "params": params, "files": sorted("index/" + n for n in names)},
+            "files": {k: all_files[k] for k in sorted(all_files)},
+        })
+
+    writer.commit(manifest)
+    return manifest({})  # for the caller's report; the committed one has the checksums
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field."""
+    import hashlib
+
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the digest that lets a reader notice a hand-edited manifest (dim, metric, count...)."""
+    return {**manifest, "digest": manifest_digest(manifest)}
+
+
+def _old_index_files(folder: Path, keep: list[str]) -> list[str]:
+    old = folder / "index"
+    if not old.is_dir():
+        return []
+    return [f"index/{p.name}" for p in old.iterdir() if p.is_file() and p.name not in keep
+            and ".tmp-" not in p.name]
+
+
+def new_items(collection: Collection, embedded: Embedded, facts: list[dict[str, Any]], first_id: int) -> list[dict[str, Any]]:
+    records = []
+    for offset, pos in enumerate(embedded.positions.tolist()):
+        key, label = collection.items[pos]
+        f = facts[pos]
+        records.append({"id": first_id + offset, "path": key, "label": label, "size": f.get("size"),
+                        "mtime": f.get("mtime"), "sha256": f.get("sha256")})
+    return records
+
+
+def number_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": it["id"], "row": row, **{k: v for k, v in it.items() if k not in ("id", "row")}}
+            for row, it in enumerate(items)]
+
+
+# --- verification --------------------------------------------------------------------------
+
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], str]:
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:  # the header only: the data may be gigabytes
+            version = fmt.read_magic(fh)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = reader(fh)
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not a valid .npy file ({exc})") from None
+    return tuple(shape), dtype.str
+
+
+def verify(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse any mismatch between the manifest and the files, with one line each."""
+    where = str(folder)
+    if manifest.get("format") != INDEX_FORMAT:
+        raise ArtifactError(f"{where} is not a pixdex index folder (manifest format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > INDEX_FORMAT_VERSION or version < 1:
+        raise ArtifactError(f"{where}: index format version {version!r} is not supported by pixdex {__version__} "
+                            f"(it reads version {INDEX_FORMAT_VERSION}); rebuild the index or upgrade pixdex")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise ArtifactError(f"{where}: manifest.json was modified after the index was written (its digest does not "
+                            f"match); rebuild the index")
+    if manifest.get("metric") not in METRICS:
+        raise ArtifactError(f"{where}: manifest metric {manifest.get('metric')!r} is not one of {', '.join(METRICS)}")
+    files = manifest.get("files") or {}
+    for required in ("embeddings.npy", "items.jsonl", "model/model.safetensors", "model/pixdex.json"):
+        if required not in files:
+            raise ArtifactError(f"{where}: the manifest lists no {required}; rebuild the index")
+    for name, fact in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{where}: {name} is missing; rebuild the index")
+        size = path.stat().st_size
+        if size != fact["size"]:
+            raise ArtifactError(f"{where}: {name} is {size} bytes but the manifest says {fact['size']} "
+                                f"(truncated or replaced); rebuild the index")
+        if sha256_file(path) != fact["sha256"]:
+            raise ArtifactError(f"{where}: {name} does not match its checksum in the manifest (replaced or "
+                                f"corrupted); rebuild the index")
+    for name in manifest["index"].get("files", []):
+        if name not in files:
+            raise ArtifactError(f"{where}: index file {name} is not covered by the manifest's checksums")
+    shape, dtype = _npy_shape(folder / "embeddings.npy")
+    if dtype != "<f4" and dtype != "float32" or len(shape) != 2:
+        raise ArtifactError(f"{where}: embeddings.npy is {dtype} {shape}, expected float32 [count, dim]")
+    if shape[1] != manifest.get("dim"):
+        raise ArtifactError(f"{where}: embeddings have dim {shape[1]} but the manifest says {manifest.get('dim')}")
+    if shape[0] != manifest.get("count"):
+        raise ArtifactError(f"{where}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}")
+    if files["model/model.safetensors"]["sha256"] != manifest["model"]["sha256"]:
+        raise ArtifactError(f"{where}: model/model.safetensors is not the model the index was built with")
+    if manifest["model"].get("embed_dim") != manifest["dim"]:
+        raise ArtifactError(f"{where}: the model embeds {manifest['model'].get('embed_dim')} dims, the index holds {manifest['dim']}")
+
+
+@dataclass
+class OpenIndex:
+    """A verified index folder, ready to search."""
+
+    path: Path
+    manifest: dict[str, Any]
+    ann: Any
+    items: list[dict[str, Any]]
+    embeddings: np.ndarray  # memory-mapped float32[N, D]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+
+def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
+    """Recover, verify and load an index folder (the plugin sees only verified files)."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        if (folder / "pixdex.json").exists():
+            raise ArtifactError(f"{folder} is a run folder, not an index folder; build one with `pixdex index build`")
+        raise ArtifactError(f"{folder} is not a pixdex index folder (no manifest.json)")
+    with reading(folder) as manifest:
+        verify(folder, manifest)
+        items = read_items(folder / "items.jsonl")
+        if len(items) != manifest["count"]:
+            raise ArtifactError(f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}")
+        embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+        spec = manifest["index"]
+        ann = pset.registry.build("index", spec["name"], spec.get("options") or {}, dim=manifest["dim"],
+                                  metric=manifest["metric"])
+        try:
+            ann.load(folder / "index", mmap=True)
+        except Exception as exc:  # plugin code on verified files: still one line, never a traceback
+            raise ArtifactError(f"{folder}: index '{spec['name']}' could not load its files: "
+                                f"{type(exc).__name__}: {exc}") from None
+    return OpenIndex(folder, manifest, ann, items, embeddings)
+
+
+def index_size_on_disk(folder: Path, manifest: dict[str, Any]) -> int:
+    return sum(int(f["size"]) for f in manifest["files"].values())

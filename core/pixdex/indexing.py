@@ -1,0 +1,207 @@
+"""`index build`, `index add`, `index remove`, `index info` and `embed`: the operations
+that write index folders. Each write is one atomic commit under the folder's lock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pixdex.artifacts import FolderWriter, crash_point, reading
+from pixdex.config import Config
+from pixdex.device import placement
+from pixdex.embed import collect, embed_keys, facts_for, npy_bytes
+from pixdex.errors import PixdexError
+from pixdex.indexes import (IndexContents, commit_index, index_size_on_disk, new_items, number_rows, open_index,
+                            read_items, resolve_metric, verify)
+from pixdex.models import open_model, stage_model
+from pixdex.plugins import PluginSet
+from pixdex.runs import LoadedRun, load_run, now
+
+
+@dataclass
+class Options:
+    """Settings shared by the writing operations."""
+
+    runtime: dict[str, Any]
+    max_pixels: int
+    labels: str = "auto"
+    split: str | None = None
+    progress: bool = True
+    lock_timeout: float = 60.0
+    notify: Callable[[str], None] = lambda m: None
+
+
+def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *,
+                      skip_sha: set[str] | None = None) -> tuple[Any, Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(collection, embedded, facts of embedded rows' sources, skipped) for DATA."""
+    coll = collect(data_spec, pset, labels=opts.labels, split=opts.split)
+    if not coll.items and not coll.skipped:
+        raise PixdexError(f"{data_spec} holds no images: the collection is empty")
+    facts = facts_for([k for k, _ in coll.items], coll.opener)
+    keep = list(range(len(coll.items)))
+    if skip_sha is not None:
+        keep = [i for i in keep if facts[i].get("sha256") is None or facts[i]["sha256"] not in skip_sha]
+        seen: set[str] = set()
+        unique = []
+        for i in keep:  # two copies of one new image are embedded once
+            sha = facts[i].get("sha256")
+            if sha is None or sha not in seen:
+                unique.append(i)
+                if sha:
+                    seen.add(sha)
+        keep = unique
+    place = placement(opts.runtime["device"], opts.runtime["precision"], notify=opts.notify)
+    keys = [coll.items[i][0] for i in keep]
+    embedded = embed_keys(run, keys, opts.runtime, place, opener=coll.opener, max_pixels=opts.max_pixels,
+                          progress=opts.progress)
+    embedded.positions = np.asarray([keep[p] for p in embedded.positions.tolist()], dtype=np.int64)
+    return coll, embedded, facts, list(coll.skipped) + embedded.skipped
+
+
+def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config, opts: Options,
+          *, force: bool = False) -> dict[str, Any]:
+    """Embed DATA with MODEL and commit a new index folder."""
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists() and not force:
+        raise PixdexError(f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it")
+    run = open_model(model_spec, pset, config)
+    metric = resolve_metric(config, run)
+    coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
+    if len(embedded.positions) == 0:
+        raise PixdexError(f"no image of {data_spec} could be embedded ({len(skipped)} skipped): "
+                          f"an empty collection is refused")
+    items = number_rows(new_items(coll, embedded, facts, 0))
+    contents = IndexContents(embedded.embeddings, items, len(items), skipped)
+    with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
+        model_record = stage_model(writer, run)
+        manifest = commit_index(writer, pset, config, contents, metric=metric, model_record=model_record,
+                                created=now(), notify=opts.notify)
+    return {**info_record(out_dir, manifest), "skipped_entries": skipped}
+
+
+def _current(folder: Path, pset: PluginSet) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The committed state of an index folder (verified), loaded into memory for a rewrite."""
+    with reading(folder) as manifest:
+        verify(folder, manifest)
+        items = read_items(folder / "items.jsonl")
+        embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)
+        skipped = read_items(folder / "skipped.jsonl") if (folder / "skipped.jsonl").exists() else []
+    return manifest, embeddings, items, skipped
+
+
+def _index_config(pset: PluginSet, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
+    """The configuration an existing index was built with (its index component and options)."""
+    from pixdex.config import resolve_config
+
+    base = resolve_config(pset.registry, pset.registry_file, sections=("runtime", "retrieval", "data"), environ={})
+    sections = base.to_dict()
+    sections["runtime"] = dict(runtime)
+    sections["index"] = {"name": manifest["index"]["name"], **(manifest["index"].get("options") or {})}
+    return Config(sections)
+
+
+def _carried(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in manifest["files"].items() if k.startswith("model/")}
+
+
+def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
+    """Embed only images whose sha256 the index lacks, then rebuild the ANN from all rows."""
+    folder = Path(index_dir)
+    open_index(folder, pset)  # verifies before anything is written
+    with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
+        manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
+        run = load_run(folder / "model", pset)
+        present = {it["sha256"] for it in items if it.get("sha256")}
+        coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
+        added = new_items(coll, embedded, facts, int(manifest["next_id"]))
+        crash_point("index:embedded")
+        contents = IndexContents(np.concatenate([embeddings, embedded.embeddings]) if len(added) else embeddings,
+                                 number_rows(items + added), int(manifest["next_id"]) + len(added),
+                                 _merge_skips(skipped_old, skipped))
+        config = _index_config(pset, manifest, opts.runtime)
+        new_manifest = commit_index(writer, pset, config, contents, metric=manifest["metric"],
+                                    model_record=manifest["model"], created=manifest["created"],
+                                    carried_files=_carried(manifest), notify=opts.notify)
+    return {**info_record(folder, new_manifest), "added": len(added), "skipped_entries": skipped}
+
+
+def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Options) -> dict[str, Any]:
+    """Drop the rows of ``paths`` (as stored, or resolved); rows are compacted, ids kept."""
+    folder = Path(index_dir)
+    open_index(folder, pset)
+    with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
+        manifest, embeddings, items, skipped_old = _current(folder, pset)
+        wanted = set(paths) | {str(Path(p).resolve()) for p in paths}
+        drop = [i for i, it in enumerate(items) if it["path"] in wanted or str(Path(it["path"]).resolve()) in wanted]
+        missing = sorted(set(paths) - {items[i]["path"] for i in drop}
+                         - {p for p in paths if str(Path(p).resolve()) in {str(Path(items[i]["path"]).resolve()) for i in drop}})
+        if not drop:
+            raise PixdexError(f"none of the given paths is in {folder}: {', '.join(paths[:5])}")
+        if len(drop) == len(items):
+            raise PixdexError(f"removing every item would leave {folder} empty; delete the folder instead")
+        keep = np.setdiff1d(np.arange(len(items)), np.asarray(drop))
+        contents = IndexContents(embeddings[keep], number_rows([items[i] for i in keep.tolist()]),
+                                 int(manifest["next_id"]), skipped_old)
+        config = _index_config(pset, manifest, opts.runtime)
+        new_manifest = commit_index(writer, pset, config, contents, metric=manifest["metric"],
+                                    model_record=manifest["model"], created=manifest["created"],
+                                    carried_files=_carried(manifest), notify=opts.notify)
+    return {**info_record(folder, new_manifest), "removed": len(drop), "not_found": missing}
+
+
+def _merge_skips(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = {s["path"]: s for s in old}
+    for s in new:
+        seen[s["path"]] = s
+    return list(seen.values())
+
+
+def info_record(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What `pixdex index info` reports."""
+    folder = Path(folder)
+    if "files" in manifest and manifest["files"]:
+        size = index_size_on_disk(folder, manifest)
+    else:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    params = manifest["index"].get("params", {})
+    return {
+        "path": str(folder), "count": manifest["count"], "dim": manifest["dim"], "metric": manifest["metric"],
+        "skipped": manifest.get("skipped", 0), "next_id": manifest["next_id"],
+        "index": manifest["index"]["name"], "options": manifest["index"].get("options", {}), "params": params,
+        "recall_at_10": params.get("recall_at_10", params.get("measured_recall")),
+        "model": {k: manifest["model"].get(k) for k in ("kind", "source", "sha256", "embed_dim", "loss")},
+        "size_bytes": size, "created": manifest["created"], "updated": manifest["updated"],
+        "format_version": manifest["format_version"], "pixdex_version": manifest.get("pixdex_version"),
+    }
+
+
+def info(index_dir: str | Path, pset: PluginSet) -> dict[str, Any]:
+    opened = open_index(index_dir, pset)
+    return info_record(opened.path, opened.manifest)
+
+
+def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config,
+                    opts: Options) -> dict[str, Any]:
+    """`pixdex embed`: embeddings.npy + items.jsonl (+ skipped.jsonl), committed together."""
+    run = open_model(model_spec, pset, config)
+    coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
+    items = number_rows(new_items(coll, embedded, facts, 0))
+    out_dir = Path(out_dir)
+    with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
+        writer.write_bytes("embeddings.npy", npy_bytes(embedded.embeddings))
+        from pixdex.indexes import _items_jsonl
+
+        writer.write_bytes("items.jsonl", _items_jsonl(items))
+        writer.write_bytes("skipped.jsonl", _items_jsonl(skipped))
+        writer.commit(lambda files: {"format": "pixdex-embeddings", "format_version": 1, "created": now(),
+                                     "count": len(items), "dim": int(embedded.embeddings.shape[1]),
+                                     "model": model_spec, "data": data_spec, "files": files})
+    if not items:
+        raise PixdexError(f"no image of {data_spec} could be embedded ({len(skipped)} skipped)")
+    return {"path": str(out_dir), "count": len(items), "dim": int(embedded.embeddings.shape[1]),
+            "skipped": len(skipped), "skipped_entries": skipped}
+
+

@@ -1,0 +1,115 @@
+"""Query an index folder: nearest neighbours of images, and labels by neighbour vote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pixdex.device import placement
+from pixdex.embed import embed_keys
+from pixdex.errors import ArtifactError, PixdexError
+from pixdex.indexes import OpenIndex, open_index
+from pixdex.models import model_fingerprint
+from pixdex.plugins import PluginSet
+from pixdex.recognize import check_single_image, expand_inputs
+from pixdex.runs import LoadedRun, load_run
+
+
+def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) -> LoadedRun:
+    """The index's own model (model/), or ``override`` when it provably is the same model."""
+    if override is None:
+        return load_run(index.path / "model", pset)
+    run = load_run(override, pset)
+    stored = index.manifest["model"]
+    problems = []
+    if int(run.pipeline.backbone.embed_dim) != index.dim:
+        problems.append(f"it embeds {run.pipeline.backbone.embed_dim} dims, the index {index.dim}")
+    if run.manifest.get("data_config") != stored.get("data_config"):
+        problems.append("its data config (input size, mean, std) differs")
+    if model_fingerprint(run) != stored["sha256"]:
+        problems.append("its weights' sha256 differs")
+    if problems:
+        raise ArtifactError(f"--model {override} does not match the model {index.path} was built with: "
+                            + "; ".join(problems))
+    return run
+
+
+def embed_queries(index: OpenIndex, run: LoadedRun, queries: list[str], runtime: dict[str, Any], *,
+                  max_pixels: int, notify: Callable[[str], None]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+    paths, skipped = expand_inputs(queries)
+    if len(queries) == 1 and len(paths) == 1 and not Path(queries[0]).is_dir():
+        check_single_image(paths[0], max_pixels)
+    if not paths:
+        raise PixdexError("no query images found in " + ", ".join(queries))
+    place = placement(runtime["device"], runtime["precision"], notify=notify)
+    embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries")
+    skipped += embedded.skipped
+    if len(embedded.positions) == 0:
+        raise PixdexError(f"none of the {len(paths)} query image(s) could be read; {len(skipped)} skipped")
+    return [paths[p] for p in embedded.positions.tolist()], embedded.embeddings, skipped
+
+
+def neighbours(index: OpenIndex, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return index.ann.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+    except ValueError as exc:
+        raise PixdexError(f"search failed: {exc}") from None
+
+
+def search(index_dir: str | Path, queries: list[str], pset: PluginSet, runtime: dict[str, Any], *, k: int = 10,
+           model: str | None = None, max_pixels: int, notify: Callable[[str], None] = lambda m: None
+           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], OpenIndex]:
+    """Ranked matches for each query image: one row per query with its ``matches``."""
+    index = open_index(index_dir, pset)
+    run = index_model(index, pset, model)
+    paths, vectors, skipped = embed_queries(index, run, queries, runtime, max_pixels=max_pixels, notify=notify)
+    ids, scores = neighbours(index, vectors, k)
+    rows = []
+    for qpath, qids, qscores in zip(paths, ids, scores):
+        matches = []
+        for rank, (row, score) in enumerate(zip(qids.tolist(), qscores.tolist()), 1):
+            if row < 0:
+                continue  # k larger than the collection
+            item = index.items[row]
+            matches.append({"rank": rank, "id": item["id"], "path": item["path"], "label": item.get("label"),
+                            "score": float(score)})
+        rows.append({"query": qpath, "matches": matches})
+    return rows, skipped, index
+
+
+def vote(matches: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Similarity-weighted vote of labelled neighbours -> labels with normalised weights."""
+    labelled = [m for m in matches if m.get("label") is not None]
+    if not labelled:
+        return []
+    scores = np.array([m["score"] for m in labelled], dtype=np.float64)
+    if metric == "cosine":
+        weights = np.clip(scores, 0.0, None) + 1e-6  # opposite-facing neighbours do not vote
+    else:  # l2 (negative distance) and ip: shift so the worst neighbour still counts a little
+        weights = scores - scores.min() + 1e-6
+    totals: dict[str, float] = {}
+    for m, w in zip(labelled, weights):
+        totals[m["label"]] = totals.get(m["label"], 0.0) + float(w)
+    norm = sum(totals.values())
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    return [{"label": label, "probability": w / norm} for label, w in ranked]
+
+
+def predict_by_neighbours(index_dir: str | Path, images: list[str], pset: PluginSet, runtime: dict[str, Any], *,
+                          k: int = 10, top: int = 5, max_pixels: int, notify: Callable[[str], None] = lambda m: None
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Classify by the labels of the ``k`` nearest indexed images (for metric-learning models)."""
+    rows, skipped, index = search(index_dir, images, pset, runtime, k=k, max_pixels=max_pixels, notify=notify)
+    if not any(it.get("label") is not None for it in index.items):
+        raise PixdexError(f"{index_dir} has no labelled items, so neighbours cannot vote on a label; "
+                          f"build it over labelled DATA")
+    out = []
+    for row in rows:
+        ranked = vote(row["matches"], index.metric)[:top]
+        if not ranked:
+            continue
+        out.append({"path": row["query"], "label": ranked[0]["label"], "probability": ranked[0]["probability"],
+                    "top": ranked})
+    return out, skipped
