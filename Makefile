@@ -17,7 +17,8 @@ test: venv
 	$(BIN)/python -m pytest --durations=25 --timeout=120
 
 # The main job on the bundled sample (1,200 real Fashion-MNIST images): train, evaluate on
-# the held-out test/ split, predict a few held-out images. About a minute on 2 cores.
+# the held-out test/ split, predict held-out images, index the training images, search the
+# index and write an HTML contact sheet of the results. A minute or two on 2 cores.
 DEMO_DIR ?= demo-output
 SAMPLE = $$($(BIN)/python -c 'from pixdex.sample import sample_path; print(sample_path())')
 demo: venv
@@ -28,7 +29,11 @@ demo: venv
 	$(BIN)/pixdex evaluate $(DEMO_DIR)/run "$$sample" --confusion $(DEMO_DIR)/confusion.png; \
 	echo "== predict three held-out images"; \
 	$(BIN)/pixdex predict $(DEMO_DIR)/run "$$sample/test/Sneaker/00705.png" "$$sample/test/Bag" -k 3 | head -5; \
-	echo "== done: run folder $(DEMO_DIR)/run (model.safetensors, pixdex.json, history.csv, curves.png)"
+	echo "== index the training images with the trained model, then search it with held-out queries"; \
+	$(BIN)/pixdex index build $(DEMO_DIR)/run "$$sample/train" -o $(DEMO_DIR)/index --force; \
+	$(BIN)/pixdex search $(DEMO_DIR)/index "$$sample/test/Sneaker/00705.png" "$$sample/test/Bag/01171.png" \
+	  "$$sample/test/Trouser" -k 8 --html $(DEMO_DIR)/search.html --format csv | head -9; \
+	echo "== done: $(DEMO_DIR)/run (the model), $(DEMO_DIR)/index (the index), open $(DEMO_DIR)/search.html"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -33,20 +33,26 @@ def pset() -> Any:
     return load_plugins(entry_points=[])
 
 
-@pytest.fixture
-def cli_run():
-    """Invoke the launcher in-process with CliRunner; returns the click Result."""
+def invoke(*args: str, plugins: Any = None, input: str | None = None, env: dict | None = None) -> Any:
+    """Run `pixdex ARGS` in-process with CliRunner (built-in plugins only unless given);
+    stdout and stderr apart. Safe in session fixtures: PIXDEX_* variables are cleared."""
     from click.testing import CliRunner
 
     from pixdex.cli import build_cli
     from pixdex.plugins import load_plugins
 
-    def run(*args: str, plugins: Any = None, input: str | None = None, env: dict | None = None) -> Any:
-        runner = CliRunner(mix_stderr=False) if _has_mix_stderr() else CliRunner()
+    runner = CliRunner(mix_stderr=False) if _has_mix_stderr() else CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("PIXDEX_")]:
+            mp.delenv(var)
         cli = build_cli(plugins if plugins is not None else load_plugins(entry_points=[]))
         return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
 
-    return run
+
+@pytest.fixture
+def cli_run():
+    """:func:`invoke` as a fixture."""
+    return invoke
 
 
 def _has_mix_stderr() -> bool:

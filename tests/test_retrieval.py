@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 from recognition_data import make_folder_dataset, pattern_image
+from conftest import invoke
 
 TINY = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
         "--workers", "0", "--device", "cpu"]
 RT = ["--workers", "0", "--device", "cpu"]
 
-
-def invoke(*args: str):
-    from click.testing import CliRunner
-
-    from pixdex.cli import build_cli
-    from pixdex.plugins import load_plugins
-
-    return CliRunner().invoke(build_cli(load_plugins(entry_points=[])), list(args))
 
 
 @pytest.fixture(scope="session")

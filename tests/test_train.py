@@ -152,3 +152,38 @@ def test_all_bad_images_is_an_error_not_an_empty_model(cli_run, tmp_path: Path):
     result = cli_run("train", str(tmp_path / "bad"), "-o", str(tmp_path / "run"), *TINY)
     assert result.exit_code == 1
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_freeze_backbone_is_a_linear_probe(tiny_data: Path, cli_run, tmp_path: Path):
+    for name, lr in (("a", "0.01"), ("b", "0.05")):
+        _train(cli_run, tiny_data, tmp_path / name, "--epochs", "1", "--lr", lr, "--set", "train.freeze_backbone=true")
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    backbone = [k for k in a if k.startswith("backbone.")]
+    head = [k for k in a if k.startswith("head.")]
+    assert backbone and all((a[k] == b[k]).all() for k in backbone)  # frozen: the lr never touched it
+    assert any(not (a[k] == b[k]).all() for k in head)
+
+
+def test_unfreeze_after_and_head_lr(tiny_data: Path, cli_run, tmp_path: Path):
+    _train(cli_run, tiny_data, tmp_path / "a", "--epochs", "2", "--set", "train.unfreeze_after=1")
+    _train(cli_run, tiny_data, tmp_path / "b", "--epochs", "2", "--set", "train.unfreeze_after=1",
+           "--set", "train.head_lr_mult=3.0")
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    assert any(not (a[k] == b[k]).all() for k in a if k.startswith("head."))
+
+
+def test_metric_loss_run_predicts_through_an_index(tiny_data: Path, cli_run, tmp_path: Path):
+    run = tmp_path / "triplet"
+    _train(cli_run, tiny_data, run, "--epochs", "2", "--loss", "triplet",
+           "--set", "loss.classes_per_batch=3", "--set", "loss.images_per_class=2")
+    manifest = json.loads((run / "pixdex.json").read_text())
+    assert manifest["metric"] == "cosine" and manifest["has_classifier"] is False
+    image = next((tiny_data / "test" / "top").iterdir())
+    refused = cli_run("predict", str(run), str(image))
+    assert refused.exit_code == 1 and "pixdex index build" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    index = tmp_path / "index"
+    assert cli_run("-q", "index", "build", str(run), str(tiny_data / "train"), "-o", str(index),
+                   "--workers", "0", "--device", "cpu").exit_code == 0
+    voted = cli_run("-q", "predict", str(index), str(image), "--json", "--workers", "0", "--device", "cpu")
+    assert voted.exit_code == 0 and json.loads(voted.stdout)[0]["label"] in ("top", "bottom", "left")

@@ -104,8 +104,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def json_text(obj: Any, **kw: Any) -> str:
+    """JSON that is valid UTF-8: a non-UTF-8 file name (which Python holds with surrogate
+    escapes) is written as \\udcXX escapes, and json.loads gives the same path back."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, allow_nan=False, **kw)
+    return text
+
+
 def to_json(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (json_text(obj, indent=2) + "\n").encode("utf-8")
+
+
+def jsonl_bytes(records: Any) -> bytes:
+    """One JSON document per line (items.jsonl, skipped.jsonl)."""
+    return "".join(json_text(r) + "\n" for r in records).encode("utf-8")
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

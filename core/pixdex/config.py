@@ -208,6 +208,10 @@ def validate_fixed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
         out["precision"] = check_precision(out["precision"])
         if out["workers"] < 0 or out["batch_size"] < 1:
             raise ConfigError("[runtime] workers must be >= 0 and batch_size >= 1")
+    if section == "retrieval" and out["chunk_size"] < 1:
+        raise ConfigError("[retrieval] chunk_size must be >= 1")
+    if section == "train" and (out["epochs"] < 1 or out["lr"] <= 0):
+        raise ConfigError("[train] epochs must be >= 1 and lr > 0")
     return out
 
 

@@ -58,7 +58,7 @@ def search_sheet(rows: list[dict[str, Any]], title: str, opener: Callable[[str],
     """One row per query: the query image, then its matches with label and score."""
     parts = []
     for row in rows:
-        figures = [figure(row["query"], [f'<span class="label">query</span>', esc(row["query"])], css="query")]
+        figures = [figure(row["query"], ['<span class="label">query</span>', esc(row["query"])], css="query")]
         for m in row["matches"]:
             lines = [f'#{m["rank"]} <span class="score">{m["score"]:.4f}</span>']
             if m.get("label") is not None:
@@ -66,4 +66,63 @@ def search_sheet(rows: list[dict[str, Any]], title: str, opener: Callable[[str],
             lines.append(esc(m["path"]))
             figures.append(figure(m["path"], lines, opener=opener))
         parts.append(f'<h2>{esc(row["query"])}</h2><div class="row">{"".join(figures)}</div>')
+    return page(title, "\n".join(parts))
+
+
+def _summary(pairs: Sequence[tuple[str, Any]]) -> str:
+    cells = " &middot; ".join(f"{esc(k)}: <b>{esc(f'{v:.4f}' if isinstance(v, float) else v)}</b>"
+                              for k, v in pairs if v is not None)
+    return f"<p>{cells}</p>"
+
+
+def cluster_sheet(clusters: list[dict[str, Any]], title: str, report: dict[str, Any] | None = None,
+                  opener: Callable[[str], Any] | None = None) -> str:
+    """One row per cluster: its size, majority label, and its members nearest the centre.
+
+    Each cluster is ``{cluster, size, majority_label, majority_fraction, items: [{path,
+    label, distance}]}``.
+    """
+    report = report or {}
+    parts = [_summary([("items", report.get("items")), ("clusters", report.get("k")), ("NMI", report.get("nmi")),
+                       ("purity", report.get("purity"))])]
+    for c in clusters:
+        head = f'cluster {esc(c["cluster"])}: {esc(c["size"])} item(s)'
+        if c.get("majority_label") is not None:
+            head += f' &middot; majority <span class="label">{esc(c["majority_label"])}</span>'
+            if c.get("majority_fraction") is not None:
+                head += f' ({100 * c["majority_fraction"]:.0f}%)'
+        figures = []
+        for it in c["items"]:
+            lines = [f'<span class="score">distance {it["distance"]:.4f}</span>']
+            if it.get("label") is not None:
+                lines.append(f'<span class="label">{esc(it["label"])}</span>')
+            lines.append(esc(it["path"]))
+            figures.append(figure(it["path"], lines, opener=opener))
+        shown = "" if len(c["items"]) >= c["size"] else f" (the {len(c['items'])} nearest the centre shown)"
+        parts.append(f'<h2>{head}{shown}</h2><div class="row">{"".join(figures)}</div>')
+    return page(title, "\n".join(parts))
+
+
+def duplicates_sheet(groups: list[dict[str, Any]], title: str, report: dict[str, Any] | None = None,
+                     opener: Callable[[str], Any] | None = None, max_groups: int = 500, per_group: int = 24) -> str:
+    """One row per group of near-duplicates (``{group, size, max_score, min_score, items:
+    [{id, path, label}]}``); at most ``max_groups`` groups of ``per_group`` thumbnails."""
+    report = report or {}
+    parts = [_summary([("items", report.get("items")), ("groups", len(groups)), ("pairs", report.get("pairs")),
+                       ("threshold", report.get("threshold"))])]
+    if not groups:
+        parts.append("<p>No near-duplicates at this threshold.</p>")
+    for g in groups[:max_groups]:
+        head = (f'group {esc(g["group"])}: {esc(g["size"])} images &middot; '
+                f'<span class="score">scores {g["min_score"]:.4f} to {g["max_score"]:.4f}</span>')
+        figures = []
+        for it in g["items"][:per_group]:
+            lines = [f'id {esc(it["id"])}']
+            if it.get("label") is not None:
+                lines.append(f'<span class="label">{esc(it["label"])}</span>')
+            lines.append(esc(it["path"]))
+            figures.append(figure(it["path"], lines, opener=opener))
+        parts.append(f'<h2>{head}</h2><div class="row">{"".join(figures)}</div>')
+    if len(groups) > max_groups:
+        parts.append(f"<p>... and {len(groups) - max_groups} more group(s): see the JSON output.</p>")
     return page(title, "\n".join(parts))

@@ -246,7 +246,8 @@ def _os_detail(exc: OSError) -> str:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode one image file safely; return a loaded PIL image in mode "L" or "RGB".
 
     Raises :class:`ImageSkip` (never anything else for a bad file) with reason
@@ -259,9 +260,18 @@ def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None =
     I;16, I and F become L (16-bit data scaled by 1/257, not clipped to white); P, LA, PA,
     RGBA and L/RGB with a transparent colour are composited onto white; CMYK, YCbCr, LAB,
     HSV and RGBX become RGB.
+
+    ``draft_size``: ``(height, width)`` the caller will shrink the image to (at least)
+    anyway. A JPEG is then decoded at the smallest of libjpeg's scales 1/8, 1/4, 1/2
+    that still keeps both sides (as displayed, after EXIF orientation) at or above it,
+    which skips most of the decoding work for large photos; other formats, and JPEGs
+    already smaller than twice the size, decode in full. The limits and checks above
+    apply to the stored size, as without it.
     """
     from PIL import Image, UnidentifiedImageError
 
+    if draft_size is not None:
+        draft_size = _checked_draft_size(draft_size)
     name = str(os.fsdecode(os.fspath(path)))
     _check_file(name)
     try:
@@ -288,6 +298,8 @@ def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None =
             raise ImageSkip(name, "too-large", f"{width}x{height} = {width * height} pixels, limit {max_pixels}")
         if width < 1 or height < 1:
             raise ImageSkip(name, "decode-error", f"image has no pixels ({width}x{height})")
+        if draft_size is not None:
+            _draft(im, draft_size)
         try:
             im.load()  # frame 0: an animation's later frames are never decoded
         except Image.DecompressionBombError as exc:
@@ -300,6 +312,46 @@ def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None =
             raise
         except Exception as exc:
             raise ImageSkip(name, "decode-error", f"conversion from mode {im.mode}: {_exc_detail(exc)}") from None
+
+
+def _checked_draft_size(size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"draft_size must be (height, width), got {size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"draft_size must be positive, got {size!r}")
+    return height, width
+
+
+# EXIF orientations that swap the stored width and height (transpose, rotate 90 or 270)
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def _draft(im: Image.Image, size: tuple[int, int]) -> None:
+    """Ask the JPEG decoder for a reduced scale that still covers ``size`` (height, width).
+
+    Only JPEG (and MPO, Pillow's subclass for multi-picture JPEGs) implement draft; the
+    mode is left alone (None), so colour conversion stays exactly as without a draft.
+    """
+    from PIL import JpegImagePlugin
+
+    if not isinstance(im, JpegImagePlugin.JpegImageFile):
+        return
+    height, width = size
+    if height != width:
+        # the size asked for is as displayed, the decoder works in the stored orientation:
+        # when EXIF may turn the picture (or cannot be read), cover the longer side both ways
+        try:
+            turned = im.getexif().get(0x0112, 1) in _SWAPPING_ORIENTATIONS
+        except Exception:
+            turned = True
+        if turned:
+            height = width = max(height, width)
+    try:
+        im.draft(None, (width, height))
+    except Exception:  # a draft is only an optimisation: decode in full instead
+        pass
 
 
 def _check_file(name: str) -> None:

@@ -15,6 +15,7 @@ plugin (Annoy silently loads a wrong file, then crashes) is handed the folder.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +23,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pixdex import __version__
-from pixdex.artifacts import FolderWriter, crash_point, reading, sha256_file
+from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading, sha256_file
 from pixdex.config import Config
-from pixdex.embed import Collection, Embedded, embed_keys, facts_for, npy_bytes
+from pixdex.embed import Collection, Embedded, npy_bytes
 from pixdex.errors import ArtifactError, PixdexError
 from pixdex.plugins import PluginSet
 from pixdex.runs import LoadedRun, now
@@ -44,7 +45,7 @@ def resolve_metric(config: Config, run: LoadedRun) -> str:
 
 
 def _items_jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8", "surrogateescape")
+    return jsonl_bytes(records)
 
 
 def _skipped_jsonl(entries: list[dict[str, Any]]) -> bytes:
@@ -124,7 +125,7 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     import hashlib
 
     body = {k: v for k, v in manifest.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode("ascii")).hexdigest()
 
 
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +146,9 @@ def new_items(collection: Collection, embedded: Embedded, facts: list[dict[str, 
     for offset, pos in enumerate(embedded.positions.tolist()):
         key, label = collection.items[pos]
         f = facts[pos]
-        records.append({"id": first_id + offset, "path": key, "label": label, "size": f.get("size"),
+        # absolute, so thumbnails, `index remove` and search output work from any folder
+        path = os.path.abspath(key) if f.get("size") is not None else key
+        records.append({"id": first_id + offset, "path": path, "label": label, "size": f.get("size"),
                         "mtime": f.get("mtime"), "sha256": f.get("sha256")})
     return records
 

@@ -3,7 +3,7 @@ that write index folders. Each write is one atomic commit under the folder's loc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +19,7 @@ from pixdex.indexes import (IndexContents, commit_index, index_size_on_disk, new
 from pixdex.models import open_model, stage_model
 from pixdex.plugins import PluginSet
 from pixdex.runs import LoadedRun, load_run, now
+from pixdex.world import World
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Options:
     progress: bool = True
     lock_timeout: float = 60.0
     notify: Callable[[str], None] = lambda m: None
+    world: Any = field(default_factory=World)  # torchrun: each process embeds one shard
+    shard_dir: Path | None = None  # where the shards meet (outside the output folder)
 
 
 def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *,
@@ -53,12 +56,61 @@ def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Opt
                 if sha:
                     seen.add(sha)
         keep = unique
-    place = placement(opts.runtime["device"], opts.runtime["precision"], notify=opts.notify)
-    keys = [coll.items[i][0] for i in keep]
+    world = opts.world
+    place = placement(_rank_device(opts.runtime["device"], world), opts.runtime["precision"], notify=opts.notify)
+    lo, hi = contiguous_shard(len(keep), world)
+    keys = [coll.items[i][0] for i in keep[lo:hi]]
     embedded = embed_keys(run, keys, opts.runtime, place, opener=coll.opener, max_pixels=opts.max_pixels,
-                          progress=opts.progress)
-    embedded.positions = np.asarray([keep[p] for p in embedded.positions.tolist()], dtype=np.int64)
+                          progress=opts.progress and world.is_main)
+    embedded.positions = np.asarray([keep[lo + p] for p in embedded.positions.tolist()], dtype=np.int64)
+    if world.distributed:
+        embedded = gather_shards(embedded, world, opts.shard_dir)
     return coll, embedded, facts, list(coll.skipped) + embedded.skipped
+
+
+def _rank_device(device: str, world: Any) -> str:
+    """Under torchrun on GPUs, each process takes its own (cuda:LOCAL_RANK)."""
+    if world.distributed and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{world.local_rank}"
+    return device
+
+
+def contiguous_shard(n: int, world: Any) -> tuple[int, int]:
+    """[lo, hi) of process ``rank``: contiguous, sizes differing by at most one, no padding."""
+    base, extra = divmod(n, world.size)
+    lo = world.rank * base + min(world.rank, extra)
+    return lo, lo + base + (1 if world.rank < extra else 0)
+
+
+def gather_shards(mine: Any, world: Any, shard_dir: Path | None) -> Any:
+    """Every process writes its shard into a staging folder; the main process reads them
+    back in rank order (= item order). Other processes return an empty result."""
+    import json as _json
+
+    from pixdex.artifacts import atomic_write_bytes
+    from pixdex.embed import Embedded
+
+    assert shard_dir is not None, "distributed embedding needs a staging folder"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(shard_dir / f"rank{world.rank}.npy", npy_bytes(mine.embeddings))
+    atomic_write_bytes(shard_dir / f"rank{world.rank}.json",
+                       _json.dumps({"positions": mine.positions.tolist(), "skipped": mine.skipped}).encode())
+    world.barrier()
+    if not world.is_main:
+        return Embedded(mine.embeddings[:0], mine.positions[:0], [])
+    parts, positions, skipped = [], [], []
+    for rank in range(world.size):
+        parts.append(np.load(shard_dir / f"rank{rank}.npy", allow_pickle=False))
+        meta = _json.loads((shard_dir / f"rank{rank}.json").read_text())
+        positions.extend(meta["positions"])
+        skipped.extend(meta["skipped"])
+    import shutil
+
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return Embedded(np.concatenate(parts).astype(np.float32, copy=False), np.asarray(positions, dtype=np.int64), skipped)
 
 
 def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config, opts: Options,
@@ -69,7 +121,10 @@ def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet,
         raise PixdexError(f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it")
     run = open_model(model_spec, pset, config)
     metric = resolve_metric(config, run)
+    opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
     coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
+    if not opts.world.is_main:
+        return {}
     if len(embedded.positions) == 0:
         raise PixdexError(f"no image of {data_spec} could be embedded ({len(skipped)} skipped): "
                           f"an empty collection is refused")
@@ -80,6 +135,14 @@ def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet,
         manifest = commit_index(writer, pset, config, contents, metric=metric, model_record=model_record,
                                 created=now(), notify=opts.notify)
     return {**info_record(out_dir, manifest), "skipped_entries": skipped}
+
+
+def shard_dir_for(out_dir: Path) -> Path:
+    """A staging folder beside (not inside) the output, named per torchrun job."""
+    import os
+
+    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT") or str(os.getpid())
+    return out_dir.parent / f".{out_dir.name}.shards-{job}"
 
 
 def _current(folder: Path, pset: PluginSet) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -187,7 +250,10 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
                     opts: Options) -> dict[str, Any]:
     """`pixdex embed`: embeddings.npy + items.jsonl (+ skipped.jsonl), committed together."""
     run = open_model(model_spec, pset, config)
+    opts.shard_dir = opts.shard_dir or shard_dir_for(Path(out_dir))
     coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
+    if not opts.world.is_main:
+        return {}
     items = number_rows(new_items(coll, embedded, facts, 0))
     out_dir = Path(out_dir)
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:

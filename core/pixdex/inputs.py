@@ -9,6 +9,7 @@ it never round-trips through PIL and can live on the GPU) and :class:`FileSource
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -106,15 +107,40 @@ class _Order(torch.utils.data.Sampler):
         return len(self.order)
 
 
+def draft_size_for(transform: Transform) -> tuple[int, int] | None:
+    """The (height, width) a transform's ``.load`` shrinks every image to at least, or None.
+
+    Known only for transforms that say how they resize: ``.size`` (H, W) and ``.crop_pct``
+    (``load`` resizes to cover ``size / crop_pct``, then crops ``size``, as the built-in
+    transforms do). Rounded up, so a decoder asked for it never undershoots ``load``'s own
+    resize. Any other transform gets None: its images are decoded in full.
+    """
+    size = getattr(transform, "size", None)
+    crop_pct = getattr(transform, "crop_pct", None)
+    try:
+        height, width = (int(s) for s in size)  # type: ignore[union-attr]
+        crop_pct = float(crop_pct)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if height < 1 or width < 1 or not 0.0 < crop_pct <= 1.0:
+        return None
+    return math.ceil(height / crop_pct), math.ceil(width / crop_pct)
+
+
 class FileSource:
-    """Batches decoded from files by DataLoader workers (order kept, skips reported)."""
+    """Batches decoded from files by DataLoader workers (order kept, skips reported).
+
+    Large JPEGs are decoded at a reduced scale that still covers what the transform's
+    ``.load`` resizes to (:func:`draft_size_for`).
+    """
 
     def __init__(self, paths: list[str], labels: list[int], transform: Transform, *, batch_size: int,
                  device: str, workers: int, max_pixels: int, seed: int = 0, opener: Any = None) -> None:
         from pixdex.loading import ImageFiles
 
         # opener: a dataset's own .image(key) for keys that are not file paths
-        self.dataset = ImageFiles(list(zip(paths, labels)), transform.load, max_pixels=max_pixels, opener=opener)
+        self.dataset = ImageFiles(list(zip(paths, labels)), transform.load, max_pixels=max_pixels, opener=opener,
+                                  draft_size=draft_size_for(transform))
         self.paths = paths
         self.batch_size = batch_size
         self.device = device

@@ -35,6 +35,10 @@ class ImageFiles(torch.utils.data.Dataset):
     file paths (an IDX dataset's ``.image``). Everything here must pickle, for DataLoader
     workers started with spawn.
 
+    ``draft_size`` ``(height, width)``, when ``load`` shrinks every image to at least that
+    size, lets :func:`~pixdex.images.open_image` decode large JPEGs at a reduced scale
+    (files only; an ``opener`` decodes as it likes).
+
     ``__getitem__`` never raises for a bad image: it returns ``(None, label, index,
     skip)`` with ``skip = {path, reason, detail}``.
     """
@@ -46,11 +50,13 @@ class ImageFiles(torch.utils.data.Dataset):
         *,
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
         opener: Optional[Callable[[str], "Image.Image"]] = None,
+        draft_size: Optional[tuple[int, int]] = None,
     ) -> None:
         self.items = list(items)
         self.load = load
         self.max_pixels = max_pixels
         self.opener = opener
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.items)
@@ -58,7 +64,10 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         path, label = self.items[index]
         try:
-            image = self.opener(path) if self.opener is not None else open_image(path, max_pixels=self.max_pixels)
+            if self.opener is not None:
+                image = self.opener(path)
+            else:
+                image = open_image(path, max_pixels=self.max_pixels, draft_size=self.draft_size)
             tensor = self.load(image)
         except ImageSkip as skip:
             return None, int(label), index, skip.as_dict()

@@ -47,7 +47,8 @@ def plot_history(history: list[dict[str, Any]], *, notify: Callable[[str], None]
     ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a metric-learning loss has no accuracy curve
+            ax.legend()
     return _png(fig, plt)
 
 

@@ -107,7 +107,7 @@ def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict
     out = run_inference(run, source, place)
     skipped = list(ds.skipped) + out.skipped
     if len(out.indices) == 0:
-        raise PixdexError(f"no image of {data_spec} ({split_name}) could be read; {len(skipped)} skipped")
+        raise nothing_read(f"no image of {data_spec} ({split_name})", skipped)
     assert out.logits is not None
     k = min(5, out.logits.shape[1])
     topk = np.argsort(-out.logits, axis=1, kind="stable")[:, :k]
@@ -115,6 +115,12 @@ def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict
     report.update({"split": split_name, "data": data_spec, "run": str(run.path), "skipped": len(skipped)})
     report["_skipped_entries"] = skipped
     return report
+
+
+def nothing_read(what: str, skipped: list[dict[str, Any]]) -> PixdexError:
+    """The error when no image could be used, naming the first reason."""
+    first = f"; first: {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+    return PixdexError(f"{what} could be read ({len(skipped)} skipped{first})")
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -161,7 +167,7 @@ def predict(run_dir: str | Path, inputs: list[str], pset: PluginSet, runtime: di
     out = run_inference(run, file_source(paths, run.transform, runtime, place, max_pixels), place)
     skipped += out.skipped
     if len(out.indices) == 0:
-        raise PixdexError(f"none of the {len(paths)} image(s) could be read; {len(skipped)} skipped")
+        raise nothing_read(f"none of the {len(paths)} image(s)", skipped)
     assert out.logits is not None
     probs = torch.softmax(torch.from_numpy(out.logits), dim=1).numpy()
     k = min(k, probs.shape[1])

@@ -24,6 +24,9 @@ from pixdex.errors import ArtifactError, PixdexError
 from pixdex.plugins import PluginSet
 
 RUN_MANIFEST = "pixdex.json"
+# backbone options that name where initial weights come from (a convention for backbone
+# plugins, documented in docs/plugins.md); switched off when a saved model is rebuilt
+WEIGHT_SOURCE_OPTIONS: dict[str, Any] = {"pretrained": False, "weights": ""}
 RUN_FORMAT = "pixdex-run"
 RUN_FORMAT_VERSION = 1
 
@@ -171,9 +174,14 @@ def load_run(run_dir: str | Path, pset: PluginSet, *, weights: str = "model.safe
     manifest = read_run_manifest(run_dir)
     if not (run_dir / weights).exists():
         raise ArtifactError(f"{run_dir} has no {weights}: training did not finish an epoch; `pixdex train --resume` continues it")
-    sections = validate(manifest["config"], pset.registry,
-                        tuple(s for s in ("backbone", "transform", "loss") if s in manifest["config"]))
-    config = Config({**manifest["config"], **sections})
+    saved = {s: dict(v) for s, v in manifest["config"].items()}
+    # model.safetensors holds every weight: building the backbone must not fetch or read its
+    # original weight source again (it may be gone, or need a network)
+    for key, off in WEIGHT_SOURCE_OPTIONS.items():
+        if key in saved.get("backbone", {}):
+            saved["backbone"][key] = off
+    sections = validate(saved, pset.registry, tuple(s for s in ("backbone", "transform", "loss") if s in saved))
+    config = Config({**saved, **sections})
     built = build_pipeline(pset, config, data_info_from(manifest["data"]["info"]))
     tensors, _ = load_safetensors(run_dir / weights, "model weights")
     check_weights_fit(built.pipeline, tensors, str(run_dir / weights))

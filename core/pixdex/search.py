@@ -47,7 +47,9 @@ def embed_queries(index: OpenIndex, run: LoadedRun, queries: list[str], runtime:
     embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries")
     skipped += embedded.skipped
     if len(embedded.positions) == 0:
-        raise PixdexError(f"none of the {len(paths)} query image(s) could be read; {len(skipped)} skipped")
+        from pixdex.recognize import nothing_read
+
+        raise nothing_read(f"none of the {len(paths)} query image(s)", skipped)
     return [paths[p] for p in embedded.positions.tolist()], embedded.embeddings, skipped
 
 
@@ -109,6 +111,8 @@ def predict_by_neighbours(index_dir: str | Path, images: list[str], pset: Plugin
     for row in rows:
         ranked = vote(row["matches"], index.metric)[:top]
         if not ranked:
+            skipped.append({"path": row["query"], "reason": "no-labelled-neighbours",
+                            "detail": f"none of its {len(row['matches'])} nearest items has a label"})
             continue
         out.append({"path": row["query"], "label": ranked[0]["label"], "probability": ranked[0]["probability"],
                     "top": ranked})

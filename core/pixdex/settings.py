@@ -7,6 +7,7 @@ component's own options, validated against the options dataclass its plugin regi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 
@@ -17,7 +18,7 @@ class RuntimeSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     workers: int = 2  # DataLoader worker processes for decoding
-    batch_size: int = 128
+    batch_size: int = 256
 
 
 @dataclass
@@ -25,12 +26,12 @@ class TrainSettings:
     """[train]: the optimisation recipe."""
 
     epochs: int = 10
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 0.002
     weight_decay: float = 0.05
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # cosine | constant (after warm-up)
+    schedule: Literal["cosine", "constant"] = "cosine"  # after the warm-up
     schedule_epochs: int = 0  # length of the cosine schedule; 0 = epochs (set it to stop early and resume exactly)
     seed: int = 0
     head_lr_mult: float = 1.0
@@ -43,7 +44,7 @@ class TrainSettings:
 class DataSettings:
     """[data]: how images are listed, decoded and split."""
 
-    labels: str = "auto"  # auto | folder | none
+    labels: Literal["auto", "folder", "none"] = "auto"
     val_fraction: float = 0.1
     max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
     strict_images: bool = False  # any skipped image makes the command fail
@@ -53,9 +54,9 @@ class DataSettings:
 class RetrievalSettings:
     """[retrieval]: how embeddings are compared and searched."""
 
-    metric: str = "auto"  # auto (the model's loss decides; cosine) | cosine | l2 | ip
+    metric: Literal["auto", "cosine", "l2", "ip"] = "auto"  # auto: the model's loss decides (cosine)
     k: int = 10  # neighbours returned by search
-    chunk_size: int = 4096  # gallery rows per block in exact evaluation (memory bound)
+    chunk_size: int = 4096  # gallery rows per block in exact evaluation (memory bound; >= 1)
 
 
 FIXED_SECTIONS: dict[str, type] = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from pixdex.artifacts import FolderWriter, crash_point, load_safetensors, read_json, tensors_to_bytes
+from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, load_safetensors, read_json, tensors_to_bytes
 from pixdex.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from pixdex.config import Config
 from pixdex.device import Placement, placement
@@ -54,7 +53,7 @@ def autocast(place: Placement) -> Any:
 
 
 def _skips_jsonl(skips: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skips).encode("utf-8", "surrogateescape")
+    return jsonl_bytes(skips)
 
 
 def _history_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -73,6 +72,33 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         out.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else None))
                     for k, v in row.items()})
     return out
+
+
+class _Step(torch.nn.Module):
+    """Forward and loss in one module call, so DistributedDataParallel sees (and
+    synchronises) the head's parameters as well as the backbone's."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.pipeline(images)
+        return emb, self.pipeline.head(emb, labels)
+
+
+def shard(order: torch.Tensor, world: World, block: int) -> torch.Tensor:
+    """This process's share of an epoch: whole blocks (batches) dealt round-robin, the
+    same number to every process, so no process waits on a batch the others lack."""
+    if not world.distributed:
+        return order
+    blocks = len(order) // block
+    per_rank = blocks // world.size
+    if per_rank == 0:
+        raise PixdexError(f"{world.size} processes need at least {world.size} batches per epoch; "
+                          f"lower --batch-size or use fewer processes")
+    grid = order[: blocks * block].view(blocks, block)
+    return grid[world.rank::world.size][:per_rank].reshape(-1)
 
 
 class Trainer:
@@ -99,6 +125,12 @@ class Trainer:
         self.model: Pipeline = built.pipeline.to(self.place.device)
         if self.place.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world.distributed and self.place.device.startswith("cuda"):
+            # batch-norm statistics over the global batch (SyncBatchNorm runs on GPUs only;
+            # on CPU/gloo each process normalises its own shard)
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self._ddp: Any = None
+        self._ddp_frozen: bool | None = None
         self.train_t, self.eval_t, self.data_config = built.train_transform, built.eval_transform, built.data_config
         common = dict(runtime=runtime, device=self.place.device, max_pixels=data["max_pixels"], seed=self.seed,
                       opener=getattr(self.prep.dataset, "image", None))
@@ -109,8 +141,7 @@ class Trainer:
         if self.pk is not None:  # the loss asks for P classes x K images per batch
             self.train_src.batch_size = self.pk[0] * self.pk[1]
         self.drop_last = self.pk is not None or len(self.train_src) > runtime["batch_size"]
-        self.steps_per_epoch = max(1, len(self.epoch_order(0)) // self.train_src.batch_size if self.pk
-                                   else self.train_src.num_batches(self.drop_last))
+        self.steps_per_epoch = max(1, -(-len(self.epoch_order(0)) // self.train_src.batch_size))
         schedule_epochs = self.t["schedule_epochs"] or self.t["epochs"]
         self.total_steps = schedule_epochs * self.steps_per_epoch
         self.warmup_steps = int(round(self.t["warmup_epochs"] * self.steps_per_epoch))
@@ -127,14 +158,30 @@ class Trainer:
         p = min(int(request[1]), len(self.prep.classes))
         return p, int(request[2])
 
-    def epoch_order(self, epoch: int) -> torch.Tensor | None:
-        """The items of one epoch, in batch order (None: the sources' seeded shuffle)."""
-        if self.pk is None:
-            return None
-        from pixdex.inputs import pk_order
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's items of one epoch, in batch order: a permutation seeded by
+        (seed, epoch), or P x K blocks, dealt to the processes batch by batch."""
+        from pixdex.inputs import epoch_order, pk_order
 
-        labels = torch.tensor(self.prep.train.labels, dtype=torch.long)
-        return pk_order(labels, self.pk[0], self.pk[1], self.seed, epoch)
+        if self.pk is None:
+            order = epoch_order(len(self.train_src), self.seed, epoch, shuffle=True)
+        else:
+            labels = torch.tensor(self.prep.train.labels, dtype=torch.long)
+            order = pk_order(labels, self.pk[0], self.pk[1], self.seed, epoch)
+        return shard(order, self.world, self.train_src.batch_size)
+
+    def step_module(self, frozen: bool) -> Any:
+        """The module one training step calls: the pipeline, or its DDP wrapper (rebuilt when
+        freezing changes which parameters train)."""
+        if not self.world.distributed:
+            return None
+        if self._ddp is None or self._ddp_frozen != frozen:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.world.local_rank] if self.place.device.startswith("cuda") else None
+            self._ddp = DistributedDataParallel(_Step(self.model), device_ids=ids)
+            self._ddp_frozen = frozen
+        return self._ddp
 
     # --- resume ----------------------------------------------------------------------------
     def restore(self) -> None:
@@ -164,19 +211,26 @@ class Trainer:
             p.requires_grad_(not frozen)
         if frozen:
             model.backbone.eval()  # a linear probe keeps batch-norm statistics fixed too
+        ddp = self.step_module(frozen)
+        # augmentation draws from torch's RNG: seeded per (seed, epoch, process), so a resumed
+        # run and every process draw exactly what an uninterrupted run would
+        torch.manual_seed(self.seed * 1_000_003 + epoch * 1_009 + self.world.rank)
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)  # loss*n, correct, n
         bar = self._bar(epoch)
         start, lr = time.perf_counter(), 0.0
-        for x, y, _ in self.train_src.batches(epoch, shuffle=True, drop_last=self.drop_last,
-                                              order=self.epoch_order(epoch)):
+        order = self.epoch_order(epoch)
+        for x, y, _ in self.train_src.batches(epoch, drop_last=self.drop_last, order=order):
             lr = set_lr(self.optimizer, lr_factor(self.step, total_steps=self.total_steps,
                                                   warmup_steps=self.warmup_steps, schedule=self.t["schedule"]))
             if place.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             inputs = self.train_t.batch(x)
             with autocast(place):
-                emb = model(inputs)
-                loss = model.head(emb, y)
+                if ddp is not None:
+                    emb, loss = ddp(inputs, y)
+                else:
+                    emb = model(inputs)
+                    loss = model.head(emb, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -205,7 +259,8 @@ class Trainer:
         model, place = self.model, self.place
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)
-        for x, y, _ in self.val_src.batches(0, shuffle=False):
+        mine = torch.arange(len(self.val_src))[self.world.rank::self.world.size]  # counts are summed after
+        for x, y, _ in self.val_src.batches(0, order=mine):
             if place.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(place):
@@ -281,8 +336,13 @@ class Trainer:
         if status == "complete":
             self.plot(writer)
         crash_point("train:checkpoint")
-        files = self.files | writer.commit(self.manifest(status, {}))
-        self.files = files
+        self.commit(writer, status)
+
+    def commit(self, writer: FolderWriter, status: str) -> None:
+        """Commit what is staged; pixdex.json lists every file of the run with its sha256."""
+        committed = writer.commit(lambda staged: self.manifest(status, {**self.files, **{
+            name: fact["sha256"] for name, fact in staged.items()}}))
+        self.files = {**self.files, **committed}
 
     def plot(self, writer: FolderWriter) -> None:
         from pixdex.plots import plot_history
@@ -303,12 +363,15 @@ class Trainer:
         return " ".join(parts)
 
     def run(self, writer: FolderWriter | None, resume: bool) -> TrainResult:
-        self.setup()
+        """Train the remaining epochs (call :meth:`setup` first), committing through ``writer``
+        (None on the processes that do not write)."""
         self.created = now()
         self.files: dict[str, str] = {}
         if resume:
             self.restore()
-            self.created = read_json(self.run_dir / RUN_MANIFEST, "run manifest").get("created", self.created)
+            saved = read_json(self.run_dir / RUN_MANIFEST, "run manifest")
+            self.created = saved.get("created", self.created)
+            self.files = dict(saved.get("files") or {})
         epochs = int(self.t["epochs"])
         if self.start_epoch >= epochs:
             raise UsageError(f"{self.run_dir} already has {self.start_epoch} epochs; pass a larger --epochs to continue")
@@ -326,9 +389,9 @@ class Trainer:
             elif improved:  # between checkpoints the best weights are still committed at once
                 writer.write_bytes("model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"}))
                 writer.write_bytes("history.csv", _history_csv(self.history))
-                self.files = self.files | writer.commit(self.manifest("training", {}))
+                self.commit(writer, "training")
         return TrainResult(self.run_dir, len(self.history), self.best_epoch, self.history, self.skipped(),
-                           self.manifest("complete", self.files))
+                           self.manifest("complete", dict(self.files)))
 
 
 def train(data_spec: str, run_dir: str | Path, pset: PluginSet, config: Config, *, resume: bool = False,
@@ -349,6 +412,7 @@ def train(data_spec: str, run_dir: str | Path, pset: PluginSet, config: Config, 
     if exists and not resume and not force:
         raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or --force to replace it")
     trainer = Trainer(pset, config, data_spec, run_dir, world=world, notify=notify, progress=progress)
+    trainer.setup()  # data, model and optimiser first: a bad DATA or option leaves no folder behind
     if not world.is_main:
         return trainer.run(None, resume)
     with FolderWriter(run_dir, manifest_name=RUN_MANIFEST, lock_timeout=lock_timeout) as writer:
@@ -359,8 +423,9 @@ def train(data_spec: str, run_dir: str | Path, pset: PluginSet, config: Config, 
         return trainer.run(writer, resume)
 
 
-def resume_config(run_dir: Path, requested: Config, changed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The saved run's configuration with only epochs and [runtime] taken from the command line."""
+def resume_config(run_dir: Path, changed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The saved run's configuration; only epochs and [runtime] keys given explicitly on the
+    command line (``changed``) replace the saved values."""
     saved = read_json(run_dir / RUN_MANIFEST, "run manifest")["config"]
     for section, values in changed.items():
         for key, value in values.items():
@@ -373,8 +438,9 @@ def resume_config(run_dir: Path, requested: Config, changed: dict[str, dict[str,
                 f"(only --epochs and runtime keys can)"
             )
     merged = {s: dict(v) for s, v in saved.items()}
-    merged["runtime"] = dict(requested["runtime"])
-    merged["train"]["epochs"] = requested["train"]["epochs"]
+    merged["runtime"].update(changed.get("runtime", {}))
+    if "epochs" in changed.get("train", {}):
+        merged["train"]["epochs"] = changed["train"]["epochs"]
     return merged
 
 

@@ -69,6 +69,41 @@ class World:
                 dist.destroy_process_group()
 
 
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def launch_torchrun(app: Any, command: str) -> int:
+    """Re-run this very command line under torchrun with ``--nproc N`` processes.
+
+    Uses ``python -m torch.distributed.run --standalone`` (a local rendezvous on a free
+    port), so ``pixdex train --nproc 2 ...`` equals ``torchrun --standalone
+    --nproc-per-node 2 -m pixdex train ...``. Returns torchrun's exit code.
+    """
+    import subprocess
+    import sys
+
+    args = list(sys.argv[1:])
+    nproc = None
+    for i, arg in enumerate(args):
+        if arg == "--nproc" and i + 1 < len(args):
+            nproc = args[i + 1]
+            del args[i:i + 2]
+            break
+        if arg.startswith("--nproc="):
+            nproc = arg.split("=", 1)[1]
+            del args[i]
+            break
+    if nproc is None:
+        from pixdex.errors import UsageError
+
+        raise UsageError("--nproc launches from the real command line only (use torchrun directly here)")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "pixdex", *args]
+    app.note("pixdex: launching " + " ".join(cmd[1:]))
+    return subprocess.call(cmd)
+
+
 def world_from_env() -> World:
     """A World for this process: torchrun's RANK/WORLD_SIZE when set, else a single process.
 

@@ -143,31 +143,70 @@ class AnnoyIndex:
         """:meth:`search` with an explicit ``search_k`` (used to measure recall)."""
         if self._index is None:
             raise RuntimeError("index 'annoy' is empty: call build() or load() first")
-        queries = check_matrix(queries, self.dim, "queries")
+        rows = self._query_rows(queries)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = int(k)
-        if self.metric == "cosine":
-            queries = normalise(queries)
         search_k = max(int(search_k), k * self.n_trees)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        dists = np.full((len(queries), k), np.nan, dtype=np.float64)
-        for row, q in enumerate(queries):
-            found, dist = self._index.get_nns_by_vector(q.tolist(), k, search_k, include_distances=True)
-            ids[row, :len(found)] = found
-            dists[row, :len(dist)] = dist
-        return ids, self._scores(dists, ids)
-
-    def _scores(self, dists: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        if self.metric == "cosine":
-            scores = 1.0 - dists * dists / 2.0
-        elif self.metric == "ip":
-            scores = dists
+        # A one-query search costs annoy well under 100 microseconds, and every numpy call
+        # around it costs one or two more (annoy's tree walk leaves the caches cold): the
+        # queries go to annoy as lists from one tolist(), and the results come back as two
+        # arrays built straight from annoy's lists. Cosine queries are not normalised:
+        # annoy's angular distance and its tree descent (the signs and order of the margins)
+        # do not depend on a query's length, and a zero query still scores 0.
+        get = self._index.get_nns_by_vector
+        if len(rows) == 1:  # the interactive case, spelled out: no comprehension frames
+            found, dist = get(rows[0], k, search_k, True)
+            if len(found) == k:
+                return np.array([found], dtype=np.int64), np.array(self._scores([dist]), dtype=np.float32)
+            results = [(found, dist)]
         else:
-            scores = 0.0 - dists  # 0 - d rather than -d: a self-match scores 0.0, not -0.0
-        scores = scores.astype(np.float32)
-        scores[ids < 0] = -np.inf
-        return scores
+            results = [get(row, k, search_k, True) for row in rows]
+        if not results:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+        if all(len(found) == k for found, _ in results):
+            ids = np.array([found for found, _ in results], dtype=np.int64)
+            return ids, self._score_matrix([dist for _, dist in results])
+        # a collection smaller than k: pad with -1 and -inf
+        ids = np.full((len(results), k), -1, dtype=np.int64)
+        scores = np.full((len(results), k), -np.inf, dtype=np.float32)
+        for row, ((found, _), row_scores) in enumerate(zip(results, self._scores([d for _, d in results]))):
+            ids[row, :len(found)] = found
+            scores[row, :len(found)] = row_scores
+        return ids, scores
+
+    def _query_rows(self, queries: Any) -> list[list[float]]:
+        """The queries as Python lists, checked as :func:`check_matrix` checks them; a
+        float32 matrix (the usual case) skips the conversions."""
+        if not (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
+                and queries.shape[1] == self.dim):
+            return check_matrix(queries, self.dim, "queries").tolist()
+        if not np.isfinite(queries).all():
+            raise ValueError("queries contain NaN or infinite values")
+        return queries.tolist()
+
+    def _scores(self, dists: list[list[float]]) -> list[list[float]]:
+        """annoy's distances -> the shared score convention, in float64 (Python floats):
+        cosine similarity (d = sqrt(2 - 2 cos) on unit vectors), the dot product, and -d
+        (0 - d rather than -d: a self-match scores 0.0, not -0.0)."""
+        if self.metric == "cosine":
+            return [[1.0 - d * d / 2.0 for d in row] for row in dists]
+        if self.metric == "ip":
+            return dists
+        return [[0.0 - d for d in row] for row in dists]
+
+    def _score_matrix(self, dists: list[list[float]]) -> np.ndarray:
+        """:meth:`_scores` as float32 [Q, k] for rows of equal length: plain Python for a
+        few rows (numpy's per-call overhead costs more), numpy for many (the same float64
+        operations, so the same values)."""
+        if len(dists) <= 4:
+            return np.array(self._scores(dists), dtype=np.float32)
+        d = np.array(dists, dtype=np.float64)
+        if self.metric == "cosine":
+            d = 1.0 - d * d / 2.0
+        elif self.metric == "l2":
+            d = 0.0 - d
+        return d.astype(np.float32)
 
     def save(self, staging_dir: Path) -> list[str]:
         """Write ``index.ann`` and ``annoy.json`` into ``staging_dir``; return their names.

@@ -41,9 +41,9 @@ def build_cli(plugins: PluginSet | None = None) -> click.Group:
         quiet_pillow_warnings()  # bad images are reported in the skip report instead
         ctx.obj = App(plugins=plugins, quiet=quiet)
 
-    from pixdex.cli import config_cmd, info, recognition, retrieval
+    from pixdex.cli import analysis, config_cmd, info, recognition, retrieval
 
-    for module in (info, config_cmd, recognition, retrieval):
+    for module in (info, config_cmd, recognition, retrieval, analysis):
         module.register(cli)
     plugins.add_commands(cli)
     return cli

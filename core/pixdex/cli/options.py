@@ -23,6 +23,9 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere."),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
+        click.option("--trust-checkpoint", is_flag=True, default=None,
+                     help="Allow a backbone weights file that needs full unpickling (it can run code: "
+                          "only for files you trust). Same as --set backbone.trust_checkpoint=true."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -48,4 +51,6 @@ def flags_layer(params: dict[str, Any]) -> Layer:
     for section in ("backbone", "transform", "loss", "index"):
         if params.get(f"{section}_name") is not None:
             layer.setdefault(section, {})["name"] = params[f"{section}_name"]
+    if params.get("trust_checkpoint"):
+        layer.setdefault("backbone", {})["trust_checkpoint"] = True
     return layer

@@ -30,6 +30,28 @@ def resolve_format(fmt: str, as_json: bool) -> str:
     return "json" if as_json else fmt
 
 
+def dumps(obj: Any, **kw: Any) -> str:
+    """JSON that is valid UTF-8: non-UTF-8 file names (surrogate-escaped by Python) come out
+    as \\udcXX escapes, which json.loads turns back into the same path."""
+    text = json.dumps(obj, ensure_ascii=False, **kw)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kw)
+    return text
+
+
+def echo(text: str, nl: bool = True) -> None:
+    """Write to stdout; a non-UTF-8 file name in a table or CSV is written as its original
+    bytes (as ls does) instead of failing."""
+    try:
+        click.echo(text, nl=nl)
+    except UnicodeEncodeError:
+        stream = click.get_binary_stream("stdout")
+        stream.write((text + ("\n" if nl else "")).encode("utf-8", "surrogateescape"))
+        stream.flush()
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -61,10 +83,10 @@ def emit(
     ``flatten`` turns a row into flat columns for table and csv."""
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt == "json":
-        click.echo(json.dumps(rows if payload is None else payload, indent=2, ensure_ascii=False))
+        echo(dumps(rows if payload is None else payload, indent=2))
     elif fmt == "jsonl":
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            echo(dumps(row))
     else:
         flat = [flatten(r) for r in rows] if flatten else list(rows)
         if fmt == "csv":
@@ -73,9 +95,9 @@ def emit(
             writer.writeheader()
             for row in flat:
                 writer.writerow({c: _cell(row.get(c)) if not isinstance(row.get(c), (int, float)) else row.get(c) for c in columns})
-            click.echo(buf.getvalue(), nl=False)
+            echo(buf.getvalue(), nl=False)
         else:
-            click.echo(render_table(flat, columns))
+            echo(render_table(flat, columns))
 
 
 def note(message: str, *, quiet: bool = False) -> None:

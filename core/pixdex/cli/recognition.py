@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,9 @@ def runtime_options(func: Any) -> Any:
 def write_skips(app: App, skipped: list[dict[str, Any]], target: str | None, strict: bool) -> None:
     """Report skipped images on stderr (and to --skipped FILE); exit 1 under --strict-images."""
     if target:
-        with open(target, "w", encoding="utf-8", errors="surrogateescape") as fh:
-            for entry in skipped:
-                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        from pixdex.artifacts import atomic_write_bytes, jsonl_bytes
+
+        atomic_write_bytes(Path(target), jsonl_bytes(skipped))
     if skipped:
         where = f" (details in {target})" if target else ""
         app.note(f"pixdex: skipped {len(skipped)} image(s){where}:")
@@ -68,7 +67,8 @@ def _runtime(app: App, params: dict[str, Any], sets: tuple[str, ...], what: str)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None,
-              help="adamw (warm-up + cosine, the default) or sgd (momentum 0.9, the tutorial's recipe).")
+              help="adamw (the default) or sgd (momentum 0.9); both follow train.schedule (warm-up, cosine). "
+                   "--preset tutorial gives the tutorial's whole recipe.")
 @click.option("--seed", type=int, default=None, help="Seed for the split, initial weights, order and augmentation.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
               help="Stratified fraction of the training split held out for validation (default 0.1).")
@@ -78,6 +78,9 @@ def _runtime(app: App, params: dict[str, Any], sets: tuple[str, ...], what: str)
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last complete epoch.")
 @click.option("--force", is_flag=True, help="Replace an existing run in -o.")
 @click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train with N processes on this machine (DistributedDataParallel through torchrun; "
+                   "nccl on GPUs, gloo on CPU). Under torchrun itself, leave it out.")
 @format_options
 @pass_app
 def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset: str | None, sets: tuple[str, ...],
@@ -91,7 +94,13 @@ def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset
     an interrupted run loses at most the epoch in progress: continue with --resume.
     """
     from pixdex.train import resume_config, train
+    from pixdex.world import launch_torchrun, under_torchrun, world_from_env
 
+    if params.pop("nproc", None) and not under_torchrun():
+        raise SystemExit(launch_torchrun(app, "train"))
+    world = world_from_env()
+    if not world.is_main:
+        app.quiet = True  # one voice: the main process reports
     flags = flags_layer(params)
     for key, section in (("epochs", "train"), ("lr", "train"), ("optimizer", "train"), ("seed", "train"),
                          ("val_fraction", "data"), ("labels", "data"), ("max_pixels", "data")):
@@ -108,10 +117,14 @@ def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset
         changed = {s: dict(v) for s, v in flags.items()}
         for s, v in parse_assignments(list(sets)).items():
             changed.setdefault(s, {}).update(v)
-        changed.get("train", {}).pop("epochs", None)
-        config = Config(validate(resume_config(Path(run_dir), config, changed), app.plugins.registry))
-    result = train(data, run_dir, app.plugins, config, resume=resume, force=force,
-                   notify=app.note, progress=not app.quiet)
+        config = Config(validate(resume_config(Path(run_dir), changed), app.plugins.registry))
+    try:
+        result = train(data, run_dir, app.plugins, config, resume=resume, force=force, world=world,
+                       notify=app.note, progress=not app.quiet)
+    finally:
+        world.close()
+    if not world.is_main:
+        return
     write_skips(app, result.skipped, None, config["data"]["strict_images"])
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), result.history[-1])
     payload = {"run_dir": str(result.run_dir), "epochs": result.epochs_done, "best_epoch": result.best_epoch,
@@ -152,9 +165,11 @@ def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: s
         png = plot_confusion(report["confusion"], report["classes"], notify=app.note)
         if png is not None:
             atomic_write_bytes(Path(confusion_png), png)
-    app.note(f"pixdex: {report['count']} images ({report['split']}): top1 {report['top1']:.4f}, top5 {report['top5']:.4f}")
-    emit(report["per_class"], resolve_format(fmt, as_json), payload=report,
-         columns=["class", "precision", "recall", "f1", "support"])
+    fmt = resolve_format(fmt, as_json)
+    emit(report["per_class"], fmt, payload=report, columns=["class", "precision", "recall", "f1", "support"])
+    if fmt == "table":  # the headline figures are results too (json carries them as keys)
+        click.echo(f"\n{report['count']} images ({report['split']} split): top1 {report['top1']:.4f}  "
+                   f"top5 {report['top5']:.4f}")
 
 
 @click.command("predict")

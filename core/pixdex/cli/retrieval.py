@@ -43,9 +43,13 @@ def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str,
 
 def _options(app: App, config: Config, params: dict[str, Any], **extra: Any) -> Any:
     from pixdex.indexing import Options
+    from pixdex.world import world_from_env
 
+    world = world_from_env()  # under torchrun each process embeds one contiguous shard
+    if not world.is_main:
+        app.quiet = True
     return Options(runtime=config["runtime"], max_pixels=params.get("max_pixels") or config["data"]["max_pixels"],
-                   progress=not app.quiet, notify=app.note, **extra)
+                   progress=not app.quiet, notify=app.note, world=world, **extra)
 
 
 def index_options(func: Any) -> Any:
@@ -94,8 +98,13 @@ def embed_cmd(app: App, model: str, data: str, out_dir: str, config_file: str | 
     from pixdex.indexing import embed_to_folder
 
     config = _model_config(app, model, params, sets, preset, config_file)
-    result = embed_to_folder(model, data, out_dir, app.plugins, config,
-                             _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout))
+    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
+    try:
+        result = embed_to_folder(model, data, out_dir, app.plugins, config, opts)
+    finally:
+        opts.world.close()
+    if not opts.world.is_main:
+        return
     write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
     emit([result], resolve_format(fmt, as_json), payload=result)
 
@@ -130,8 +139,13 @@ def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config
     from pixdex.indexing import build
 
     config = _model_config(app, model, params, sets, preset, config_file)
-    result = build(model, data, out_dir, app.plugins, config,
-                   _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout), force=force)
+    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
+    try:
+        result = build(model, data, out_dir, app.plugins, config, opts, force=force)
+    finally:
+        opts.world.close()
+    if not opts.world.is_main:
+        return
     write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
     _emit_info(app, result, fmt, as_json)
 

@@ -1,0 +1,122 @@
+"""Peak memory against the embeddings' own size (docs/reliability.md, promise 8).
+
+  (1) evaluate-retrieval of 10,000 query items against a 60,000-item gallery (synthetic,
+      labelled 128-d embeddings in real, sealed index folders);
+  (2) index build over 100,000 generated small images.
+
+Each command runs in its own process; its peak RSS (ru_maxrss) is compared with a
+baseline process that imports the same libraries and opens the same index
+(`pixdex index info`), and the difference with the size of the embeddings involved.
+
+    python bench/memory.py [--gallery 60000] [--queries 10000] [--images 100000] [--parts 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def synthetic_index(folder: Path, n: int, dim: int, classes: int, seed: int) -> None:
+    """A real index folder (model, manifest, checksums) whose embeddings are synthetic."""
+    from pixdex import api
+    from pixdex.artifacts import FolderWriter
+    from pixdex.indexes import IndexContents, commit_index, number_rows
+    from pixdex.models import open_model, stage_model
+    from pixdex.runs import now
+
+    pset = api.load_plugins()
+    config = api.configure(pset, flags={"backbone": {"name": "simple-cnn"}, "index": {"name": "flat"}},
+                           sets=[f"backbone.embed_dim={dim}", "backbone.widths=[4]", "backbone.input_size=16"])
+    run = open_model("simple-cnn", pset, config)
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim)).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    vectors = (centres[labels] + 1.5 * rng.standard_normal((n, dim))).astype(np.float32)
+    items = number_rows([{"id": i, "path": f"synthetic/{seed}/{i}.png", "label": f"class{labels[i]}",
+                          "size": None, "mtime": None, "sha256": f"{seed:04d}{i:060d}"} for i in range(n)])
+    with FolderWriter(folder) as writer:
+        record = stage_model(writer, run)
+        commit_index(writer, pset, config, IndexContents(vectors, items, n, []), metric="cosine",
+                     model_record=record, created=now())
+
+
+def part_evaluate(tmp: Path, gallery: int, queries: int, dim: int) -> None:
+    synthetic_index(tmp / "gallery", gallery, dim, 10, 1)
+    synthetic_index(tmp / "queries", queries, dim, 10, 2)
+    py = [sys.executable, "-m", "pixdex", "-q"]
+    base, _ = peak_rss_mb(py + ["index", "info", str(tmp / "gallery")])
+    peak, seconds = peak_rss_mb(py + ["evaluate-retrieval", str(tmp / "gallery"), str(tmp / "queries"), "--json",
+                                      "--device", "cpu"])
+    emb_mb = (gallery + queries) * dim * 4 / 2**20
+    qxg_mb = gallery * queries * 4 / 2**20
+    print(json.dumps({"part": "evaluate_retrieval", "gallery": gallery, "queries": queries, "dim": dim,
+                      "embeddings_mb": round(emb_mb, 1), "queries_x_gallery_float32_mb": round(qxg_mb, 1),
+                      "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
+                      "extra_over_baseline_mb": round(peak - base, 1),
+                      "extra_over_embeddings": round((peak - base) / emb_mb, 2), "seconds": round(seconds, 1)}),
+          flush=True)
+
+
+def part_build(tmp: Path, images: int, dim: int) -> None:
+    from PIL import Image
+
+    root = tmp / "images"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / f"c{i % 10}" / f"{i:06d}.png")
+    py = [sys.executable, "-m", "pixdex", "-q"]
+    args = ["--set", f"backbone.embed_dim={dim}", "--set", "backbone.widths=[4]", "--set", "backbone.input_size=8",
+            "--index", "flat", "--device", "cpu", "--workers", "2", "--batch-size", "512"]
+    small = tmp / "small"
+    for c in range(10):
+        (small / f"c{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(small / f"c{c}" / "x.png")
+    base, _ = peak_rss_mb(py + ["index", "build", "simple-cnn", str(small), "-o", str(tmp / "small-index"), *args])
+    peak, seconds = peak_rss_mb(py + ["index", "build", "simple-cnn", str(root), "-o", str(tmp / "index"), *args])
+    emb_mb = images * dim * 4 / 2**20
+    print(json.dumps({"part": "index_build", "images": images, "dim": dim, "embeddings_mb": round(emb_mb, 1),
+                      "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
+                      "extra_over_baseline_mb": round(peak - base, 1),
+                      "extra_over_embeddings": round((peak - base) / emb_mb, 2), "seconds": round(seconds, 1),
+                      "baseline": "the same build over 10 images"}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gallery", type=int, default=60000)
+    parser.add_argument("--queries", type=int, default=10000)
+    parser.add_argument("--images", type=int, default=100000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--parts", default="12")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if "1" in args.parts:
+            part_evaluate(Path(tmp), args.gallery, args.queries, args.dim)
+        if "2" in args.parts:
+            part_build(Path(tmp), args.images, args.dim)
+
+
+if __name__ == "__main__":
+    main()
