@@ -19,8 +19,11 @@ Figures (batch size 64, timm:resnet18 at 224 px, random init, torch threads as d
 * naive: in the main process, one image at a time: PIL open, ``.load``, a batch of 1;
 * dataloader: a plain ``torch.utils.data.DataLoader`` (PIL open + ``.load`` in workers).
 
-Each is timed over all n images after a short warm-up; ratios are against model_only.
-Target: pixdex >= 0.90 x model_only.
+After a short warm-up, the ways take turns on --rounds slices of the images (the naive loop
+on slices of its first --naive-n), in an order that rotates each round; ratios are of
+images/s against model_only. CPU milliseconds per image (this process and its workers)
+are printed too: on a machine shared with other work they are the steadier measure of
+what each way costs. Target: pixdex >= 0.90 x model_only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -209,6 +211,7 @@ def main() -> None:
     parser.add_argument("--naive-n", type=int, default=320,
                         help="images for the naive loop, the first ones (0: all n); it is the slowest by far")
     parser.add_argument("--skip", default="", help="comma-separated peers to leave out: naive, dataloader")
+    parser.add_argument("--rounds", type=int, default=4, help="slices the ways take turns on")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -239,30 +242,44 @@ def main() -> None:
     model_only(model, transform, images[:bs], bs)
     embed_keys(run, paths[:bs], runtime, place)
 
-    # (wall, cpu) seconds per image of each way
-    per_image: dict[str, list[tuple[float, float]]] = {}
+    # The images are split into --rounds slices; each round runs every way on its slice,
+    # in an order that rotates from round to round, so a machine whose speed drifts (other
+    # work on it) slows all of them alike. Seconds and CPU seconds are summed per way.
+    ways = ["model_only"]
+    if args.draft in ("both", "on"):
+        ways.append("pixdex")
+    if args.draft in ("both", "off"):
+        ways.append("pixdex_nodraft")
+    ways += [w for w in ("naive", "dataloader") if w not in skip]
+    naive_paths = paths[:args.naive_n] if args.naive_n else paths
+    totals = {w: [0.0, 0.0, 0] for w in ways}  # wall s, cpu s, images
 
-    def measure(name: str, count: int, fn, *fn_args, **fn_kwargs) -> None:
-        wall, cpu = timed(fn, *fn_args, **fn_kwargs)
-        per_image.setdefault(name, []).append((wall / count, cpu / count))
-        print(json.dumps({"pass": name, "images": count, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}),
+    def run_way(way: str, lo: int, hi: int, nlo: int, nhi: int) -> None:
+        if way == "model_only":
+            count, call = hi - lo, lambda: model_only(model, transform, images[lo:hi], bs)
+        elif way in ("pixdex", "pixdex_nodraft"):
+            count, call = hi - lo, lambda: pixdex_embed(run, paths[lo:hi], runtime, place, draft=way == "pixdex")
+        elif way == "naive":
+            count, call = nhi - nlo, lambda: naive(model, transform, naive_paths[nlo:nhi])
+        else:
+            count, call = hi - lo, lambda: dataloader(model, transform, paths[lo:hi], bs, args.workers)
+        wall, cpu = timed(call)
+        totals[way][0] += wall
+        totals[way][1] += cpu
+        totals[way][2] += count
+        print(json.dumps({"way": way, "images": count, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}),
               file=sys.stderr, flush=True)
 
-    measure("model_only", len(paths), model_only, model, transform, images, bs)
-    if args.draft in ("both", "on"):
-        measure("pixdex", len(paths), pixdex_embed, run, paths, runtime, place, draft=True)
-    if args.draft in ("both", "off"):
-        measure("pixdex_nodraft", len(paths), pixdex_embed, run, paths, runtime, place, draft=False)
-    naive_paths = paths[:args.naive_n] if args.naive_n else paths
-    if "naive" not in skip:
-        measure("naive", len(naive_paths), naive, model, transform, naive_paths)
-    if "dataloader" not in skip:
-        measure("dataloader", len(paths), dataloader, model, transform, paths, bs, args.workers)
-    # the limit again at the end: the machine's speed may drift during the run
-    measure("model_only", len(paths), model_only, model, transform, images, bs)
+    rounds = max(1, min(args.rounds, len(paths) // bs))
+    for r in range(rounds):
+        lo, hi = len(paths) * r // rounds, len(paths) * (r + 1) // rounds
+        nlo, nhi = len(naive_paths) * r // rounds, len(naive_paths) * (r + 1) // rounds
+        shift = r % len(ways)
+        for way in ways[shift:] + ways[:shift]:
+            run_way(way, lo, hi, nlo, nhi)
 
-    ips = {name: 1.0 / statistics.mean(w for w, _ in runs) for name, runs in per_image.items()}
-    cpu_ms = {name: 1000 * statistics.mean(c for _, c in runs) for name, runs in per_image.items()}
+    ips = {way: images_done / wall for way, (wall, _, images_done) in totals.items()}
+    cpu_ms = {way: 1000 * cpu / images_done for way, (_, cpu, images_done) in totals.items()}
     record = {"bench": "embed_throughput", "backbone": BACKBONE, "n": len(paths), "batch_size": bs,
               "workers": args.workers, "draft_size": draft_size}
     record.update({f"{name}_images_per_s": round(v, 2) for name, v in ips.items()})
@@ -272,8 +289,9 @@ def main() -> None:
     record.update({f"{name}_cpu_ms_per_image": round(v, 1) for name, v in cpu_ms.items()})
     key = "pixdex" if "pixdex" in ips else "pixdex_nodraft"
     record.update({"target": TARGET, "target_met": ips[key] / ips["model_only"] >= TARGET})
-    if "naive" not in skip:
+    if "naive" in ways:
         record["naive_n"] = len(naive_paths)
+    record["rounds"] = rounds
     print(json.dumps(record), flush=True)
 
 

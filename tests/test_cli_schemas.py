@@ -4,8 +4,9 @@ against the command's real output.
 The schemas are the fenced ```json blocks that follow a ``<!-- schema: NAME -->`` line in
 docs/cli.md. They use a small JSON-Schema subset (type, properties, required, items,
 additionalProperties, enum, minimum, maximum), validated by the ~60 lines below, so the
-check needs no extra dependency. train, evaluate and predict run for real, in-process, on
-a tiny generated data set.
+check needs no extra dependency. Every command runs for real, in-process, on a tiny generated
+data set: train, evaluate and predict on a 1-epoch run; embed, index build/add/remove/info,
+search, predict by neighbours, evaluate-retrieval, cluster and duplicates on an index of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -173,11 +175,62 @@ def _predict(ctx: dict[str, Any]) -> Any:
                     "--workers", "0", "--device", "cpu")
 
 
+CPU = ["--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def indexed(trained: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An index of the whole tiny data set (train and test splits, 36 items) built with the run;
+    a copy of it that loses one item (`index remove`) and gets it back (`index add`)."""
+    root = tmp_path_factory.mktemp("schema-index")
+    index = root / "index"
+    build = json_out("index", "build", str(trained["run"]), str(trained["data"]), "-o", str(index), *CPU)
+    copy = root / "copy"
+    shutil.copytree(index, copy)
+    gone = str(next((trained["data"] / "train" / "top").iterdir()))
+    remove = json_out("index", "remove", str(copy), gone, str(root / "not-indexed.png"))
+    add = json_out("index", "add", str(copy), str(trained["data"]), *CPU)
+    return {**trained, "index": index, "root": root, "index-build": build, "index-remove": remove,
+            "index-add": add}
+
+
+def _embed(ctx: dict[str, Any]) -> Any:
+    return json_out("embed", str(ctx["run"]), str(ctx["data"]), "-o", str(ctx["root"] / "embeddings"), *CPU)
+
+
+def _index_info(ctx: dict[str, Any]) -> Any:
+    return json_out("index", "info", str(ctx["index"]))
+
+
+def _search(ctx: dict[str, Any]) -> Any:
+    data = ctx["data"]
+    return json_out("search", str(ctx["index"]), str(data / "test" / "left"),
+                    str(next((data / "test" / "top").iterdir())), "-k", "3", *CPU)
+
+
+def _evaluate_retrieval(ctx: dict[str, Any]) -> Any:
+    return json_out("evaluate-retrieval", str(ctx["index"]), "--leave-one-out", "--use-index", "--device", "cpu")
+
+
+def _cluster(ctx: dict[str, Any]) -> Any:
+    return json_out("cluster", str(ctx["index"]), "--clusters", "3", "-o", str(ctx["root"] / "clusters"),
+                    "--device", "cpu")
+
+
+def _duplicates(ctx: dict[str, Any]) -> Any:
+    return json_out("duplicates", str(ctx["index"]), "-o", str(ctx["root"] / "duplicates"), "--threshold", "0.99")
+
+
 PRODUCERS: dict[str, Callable[[Any], Any]] = {
     "plugins": _plugins, "list": _list, "config-show": _config_show,
     "train": _train, "evaluate": _evaluate, "predict": _predict,
+    "embed": _embed, "index-build": lambda ctx: ctx["index-build"], "index-info": _index_info,
+    "index-add": lambda ctx: ctx["index-add"], "index-remove": lambda ctx: ctx["index-remove"],
+    "search": _search, "evaluate-retrieval": _evaluate_retrieval, "cluster": _cluster, "duplicates": _duplicates,
 }
 NEEDS_RUN = {"train", "evaluate", "predict"}
+NEEDS_INDEX = {"embed", "index-build", "index-info", "index-add", "index-remove", "search", "evaluate-retrieval",
+               "cluster", "duplicates"}
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -196,7 +249,8 @@ def test_schema_uses_only_the_subset(name: str):
 
 @pytest.mark.parametrize("name", sorted(PRODUCERS))
 def test_real_json_output_matches_its_schema(name: str, request: pytest.FixtureRequest):
-    ctx = request.getfixturevalue("trained") if name in NEEDS_RUN else None
+    fixture = "indexed" if name in NEEDS_INDEX else "trained" if name in NEEDS_RUN else None
+    ctx = request.getfixturevalue(fixture) if fixture else None
     document = PRODUCERS[name](ctx)
     assert validate(document, SCHEMAS[name]) == []
 
@@ -213,6 +267,45 @@ def test_jsonl_lines_match_the_json_items(trained: dict[str, Any]):
     lines = jsonl_out("evaluate", run, data, "--workers", "0", "--device", "cpu")
     per_class = SCHEMAS["evaluate"]["properties"]["per_class"]["items"]
     assert len(lines) == 3 and all(validate(line, per_class) == [] for line in lines)
+
+
+def test_retrieval_jsonl_lines_match_the_json_document(indexed: dict[str, Any]):
+    """jsonl rows of the retrieval commands: one line per match (search: the query plus a
+    match), per cluster, per group; one line, the whole report, for embed, index info and
+    evaluate-retrieval."""
+    index, data, root = str(indexed["index"]), indexed["data"], indexed["root"]
+    match = SCHEMAS["search"]["items"]["properties"]["matches"]["items"]
+    lines = jsonl_out("search", index, str(data / "test" / "bottom"), "-k", "2", *CPU)
+    assert len(lines) == 8
+    assert all(isinstance(line.pop("query"), str) and validate(line, match) == [] for line in lines)
+    lines = jsonl_out("cluster", index, "--clusters", "3", "-o", str(root / "clusters"), "--device", "cpu")
+    assert len(lines) == 3 and all(validate(line, SCHEMAS["cluster"]["properties"]["clusters"]["items"]) == []
+                                   for line in lines)
+    lines = jsonl_out("duplicates", index, "-o", str(root / "duplicates"), "--threshold", "0.99")
+    assert all(validate(line, SCHEMAS["duplicates"]["properties"]["groups"]["items"]) == [] for line in lines)
+    for name, args in (("index-info", ["index", "info", index]),
+                       ("evaluate-retrieval", ["evaluate-retrieval", index, "--leave-one-out", "--device", "cpu"])):
+        lines = jsonl_out(*args)
+        assert len(lines) == 1 and validate(lines[0], SCHEMAS[name]) == []
+
+
+def test_predict_by_neighbours_rows_are_predict_rows(indexed: dict[str, Any]):
+    """`predict INDEX_DIR` (neighbour vote) prints the same rows as `predict RUN_DIR`."""
+    rows = json_out("predict", str(indexed["index"]), str(indexed["data"] / "test" / "top"), "--neighbours", "5",
+                    "-k", "2", *CPU)
+    assert len(rows) == 4 and validate(rows, SCHEMAS["predict"]) == []
+
+
+def test_index_reports_are_consistent(indexed: dict[str, Any]):
+    build, info = indexed["index-build"], _index_info(indexed)
+    assert build["count"] == info["count"] == 36 and build["dim"] == info["dim"] == 16
+    # `index build` reports the index info record, rebuilt after the commit: its `updated` may
+    # be a second later, and its `size_bytes` counts manifest.json too (info: the listed files)
+    same = [k for k in info if k not in ("updated", "size_bytes")]
+    assert {k: build[k] for k in same} == {k: info[k] for k in same} and set(build) == set(info)
+    removed, added = indexed["index-remove"], indexed["index-add"]
+    assert removed["removed"] == 1 and removed["count"] == 35 and len(removed["not_found"]) == 1
+    assert added["added"] == 1 and added["count"] == 36 and added["next_id"] == 37  # ids are never reused
 
 
 def test_train_report_is_consistent(trained: dict[str, Any]):
@@ -244,3 +337,10 @@ def test_the_validator_rejects_wrong_documents():
     assert validate([{k: v for k, v in predict_row.items() if k != "label"}], SCHEMAS["predict"])
     assert validate({"top1": 0.5}, SCHEMAS["evaluate"])
     assert validate([{"name": "flat"}], SCHEMAS["list"])
+    match = {"rank": 1, "id": 3, "path": "/a.png", "label": None, "score": 0.9}
+    assert validate([{"query": "q.png", "matches": [match]}], SCHEMAS["search"]) == []
+    assert validate([{"query": "q.png", "matches": [{**match, "rank": 0}]}], SCHEMAS["search"])
+    assert validate([{"query": "q.png", "matches": [{**match, "extra": 1}]}], SCHEMAS["search"])
+    assert validate({"map": 1.5}, SCHEMAS["evaluate-retrieval"])
+    assert validate({"groups": [{"group": 0, "size": 1, "max_score": 1, "min_score": 1, "items": []}]},
+                    SCHEMAS["duplicates"])

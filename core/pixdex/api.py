@@ -86,5 +86,5 @@ def runtime_config(pset: PluginSet, *, flags: Layer | None = None, sets: list[st
     runtime_overrides_only(parse_assignments(list(sets or [])), what)
     runtime_overrides_only(flags or {}, what)
     config = resolve_config(pset.registry, pset.registry_file, flags=flags, sets=sets, environ=environ,
-                            sections=("runtime", "data"))
-    return {**config["runtime"], "max_pixels": config["data"]["max_pixels"]}
+                            sections=("runtime", "data", "retrieval"))
+    return {**config["runtime"], "max_pixels": config["data"]["max_pixels"], "k": config["retrieval"]["k"]}

@@ -48,6 +48,8 @@ REASONS: tuple[str, ...] = (
     "missing",        # named by a list file or a caller, but not there
     "not-a-file",     # a directory, FIFO, socket or device where a file was expected
     "no-class",       # a labelled reader found an image outside any class folder
+    "non-finite",     # decoded, but the model's embedding had NaN or inf (never kept)
+    "no-labelled-neighbours",  # predict through an index: no labelled neighbour to vote
 )
 
 # Pillow's own threshold (it warns above it and refuses above twice it); the run setting

@@ -132,9 +132,15 @@ def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet,
     contents = IndexContents(embedded.embeddings, items, len(items), skipped)
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         model_record = stage_model(writer, run)
-        manifest = commit_index(writer, pset, config, contents, metric=metric, model_record=model_record,
+        commit_index(writer, pset, config, contents, metric=metric, model_record=model_record,
                                 created=now(), notify=opts.notify)
-    return {**info_record(out_dir, manifest), "skipped_entries": skipped}
+    return {**info_record(out_dir, _committed(out_dir)), "skipped_entries": skipped}
+
+
+def _is_embeddings_folder(folder: Path) -> bool:
+    from pixdex.artifacts import read_json
+
+    return read_json(folder / "manifest.json", "manifest").get("format") == "pixdex-embeddings"
 
 
 def shard_dir_for(out_dir: Path) -> Path:
@@ -185,10 +191,10 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
                                  number_rows(items + added), int(manifest["next_id"]) + len(added),
                                  _merge_skips(skipped_old, skipped))
         config = _index_config(pset, manifest, opts.runtime)
-        new_manifest = commit_index(writer, pset, config, contents, metric=manifest["metric"],
+        commit_index(writer, pset, config, contents, metric=manifest["metric"],
                                     model_record=manifest["model"], created=manifest["created"],
                                     carried_files=_carried(manifest), notify=opts.notify)
-    return {**info_record(folder, new_manifest), "added": len(added), "skipped_entries": skipped}
+    return {**info_record(folder, _committed(folder)), "added": len(added), "skipped_entries": skipped}
 
 
 def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Options) -> dict[str, Any]:
@@ -209,10 +215,17 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
         contents = IndexContents(embeddings[keep], number_rows([items[i] for i in keep.tolist()]),
                                  int(manifest["next_id"]), skipped_old)
         config = _index_config(pset, manifest, opts.runtime)
-        new_manifest = commit_index(writer, pset, config, contents, metric=manifest["metric"],
+        commit_index(writer, pset, config, contents, metric=manifest["metric"],
                                     model_record=manifest["model"], created=manifest["created"],
                                     carried_files=_carried(manifest), notify=opts.notify)
-    return {**info_record(folder, new_manifest), "removed": len(drop), "not_found": missing}
+    return {**info_record(folder, _committed(folder)), "removed": len(drop), "not_found": missing}
+
+
+def _committed(folder: Path) -> dict[str, Any]:
+    """The manifest as committed (with the checksums and sizes the report needs)."""
+    from pixdex.artifacts import read_json
+
+    return read_json(Path(folder) / "manifest.json", "manifest")
 
 
 def _merge_skips(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -249,13 +262,20 @@ def info(index_dir: str | Path, pset: PluginSet) -> dict[str, Any]:
 def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config,
                     opts: Options) -> dict[str, Any]:
     """`pixdex embed`: embeddings.npy + items.jsonl (+ skipped.jsonl), committed together."""
+    out_dir = Path(out_dir)
+    for other in ("pixdex.json", "manifest.json"):
+        if (out_dir / other).exists() and not (other == "manifest.json" and _is_embeddings_folder(out_dir)):
+            raise PixdexError(f"{out_dir} holds a run or an index; write embeddings to a folder of their own")
     run = open_model(model_spec, pset, config)
-    opts.shard_dir = opts.shard_dir or shard_dir_for(Path(out_dir))
+    opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
     coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
     if not opts.world.is_main:
         return {}
+    if len(embedded.positions) == 0:
+        from pixdex.recognize import nothing_read
+
+        raise nothing_read(f"no image of {data_spec}", skipped)
     items = number_rows(new_items(coll, embedded, facts, 0))
-    out_dir = Path(out_dir)
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         writer.write_bytes("embeddings.npy", npy_bytes(embedded.embeddings))
         from pixdex.indexes import _items_jsonl
@@ -265,8 +285,6 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
         writer.commit(lambda files: {"format": "pixdex-embeddings", "format_version": 1, "created": now(),
                                      "count": len(items), "dim": int(embedded.embeddings.shape[1]),
                                      "model": model_spec, "data": data_spec, "files": files})
-    if not items:
-        raise PixdexError(f"no image of {data_spec} could be embedded ({len(skipped)} skipped)")
     return {"path": str(out_dir), "count": len(items), "dim": int(embedded.embeddings.shape[1]),
             "skipped": len(skipped), "skipped_entries": skipped}
 

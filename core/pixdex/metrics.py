@@ -1,4 +1,4 @@
-"""Classification metrics as fractions in [0, 1] (retrieval metrics join later)."""
+"""Classification metrics as fractions in [0, 1] (retrieval metrics: retrieval_metrics.py)."""
 
 from __future__ import annotations
 

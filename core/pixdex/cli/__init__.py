@@ -1,6 +1,7 @@
 """The `pixdex` launcher: one click group, one module per command group.
 
-Commands parse arguments, call :mod:`pixdex.api`, and print. Nothing here imports torch
+Commands parse arguments, call the core's modules (the same functions :mod:`pixdex.api`
+and scripts use), and print. Nothing here imports torch
 at module level, so `pixdex --help` and `pixdex plugins` stay fast.
 """
 

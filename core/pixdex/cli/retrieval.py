@@ -14,10 +14,6 @@ from pixdex.cli.recognition import runtime_options, write_skips
 from pixdex.config import Config, parse_assignments
 from pixdex.errors import UsageError
 
-MODEL_HELP = ("MODEL is a run folder from `pixdex train`, or a backbone spec such as "
-              "timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.")
-
-
 def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None,
                   config_file: str | None) -> Config:
     """Config for commands that take MODEL: a run folder fixes backbone/transform/loss."""
@@ -29,6 +25,8 @@ def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str,
     if params.get("metric"):
         flags.setdefault("retrieval", {})["metric"] = params["metric"]
     if is_run_folder(model):
+        # a run's weights are safetensors: nothing to trust, and its backbone is fixed
+        flags.get("backbone", {}).pop("trust_checkpoint", None)
         fixed = {s for s in parse_assignments(list(sets)) if s in ("backbone", "transform", "loss", "train")}
         if fixed:
             raise UsageError(f"{model} is a run folder: its {', '.join(sorted(fixed))} settings are fixed; "
@@ -93,8 +91,9 @@ def embed_cmd(app: App, model: str, data: str, out_dir: str, config_file: str | 
               lock_timeout: float, fmt: str, as_json: bool, **params: Any) -> None:
     """Embed every image of DATA with MODEL into -o DIR (embeddings.npy + items.jsonl).
 
-    \b
-    """ + MODEL_HELP
+    MODEL is a run folder from `pixdex train`, or a backbone spec such as
+    timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
+    """
     from pixdex.indexing import embed_to_folder
 
     config = _model_config(app, model, params, sets, preset, config_file)
@@ -134,8 +133,9 @@ def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config
     label, size, mtime, sha256), the model itself and the index's files, committed as
     a unit. Set index options with --set index.KEY=VALUE (e.g. index.n_trees=20).
 
-    \b
-    """ + MODEL_HELP
+    MODEL is a run folder from `pixdex train`, or a backbone spec such as
+    timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
+    """
     from pixdex.indexing import build
 
     config = _model_config(app, model, params, sets, preset, config_file)
@@ -218,7 +218,8 @@ def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
 @click.command("search")
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Matches per query.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None,
+              help="Matches per query [default: retrieval.k, 10].")
 @click.option("--model", "model_override", type=click.Path(file_okay=False), default=None,
               help="Use this run folder instead of the index's stored model (refused unless it matches).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
@@ -237,7 +238,7 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
     from pixdex.search import search
 
     runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="search")
-    rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k, model=model_override,
+    rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k or runtime["k"], model=model_override,
                               max_pixels=params.get("max_pixels") or runtime["max_pixels"], notify=app.note)
     write_skips(app, skipped, skipped_file, strict_images)
     if html_file:
