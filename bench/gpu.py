@@ -149,6 +149,8 @@ def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) 
             model_only = batch_size * batches / (time.perf_counter() - start)
             source = TensorSource(images, torch.zeros(len(images), dtype=torch.long), run.transform,
                                   batch_size=batch_size, device=place.device)
+            warm, _, _ = next(iter(source.batches(0)))
+            model(run.transform.batch(warm)).float()  # the same warm-up the model-only side had
             sync(device)
             start = time.perf_counter()
             for x, _, _ in source.batches(0):

@@ -203,10 +203,13 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
     open_index(folder, pset)
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)
-        wanted = set(paths) | {str(Path(p).resolve()) for p in paths}
-        drop = [i for i, it in enumerate(items) if it["path"] in wanted or str(Path(it["path"]).resolve()) in wanted]
-        missing = sorted(set(paths) - {items[i]["path"] for i in drop}
-                         - {p for p in paths if str(Path(p).resolve()) in {str(Path(items[i]["path"]).resolve()) for i in drop}})
+        # match by the resolved path, so a relative, absolute or symlinked spelling all work
+        key = {p: str(Path(p).resolve()) for p in paths}
+        stored = [str(Path(it["path"]).resolve()) for it in items]
+        wanted = set(key.values())
+        drop = [i for i, resolved in enumerate(stored) if resolved in wanted]
+        found = {stored[i] for i in drop}
+        missing = sorted(p for p in paths if key[p] not in found)
         if not drop:
             raise PixdexError(f"none of the given paths is in {folder}: {', '.join(paths[:5])}")
         if len(drop) == len(items):

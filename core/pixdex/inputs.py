@@ -80,10 +80,6 @@ class TensorSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def num_batches(self, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // self.batch_size if drop_last else -(-n // self.batch_size)
-
     def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
                 order: torch.Tensor | None = None) -> Iterator[Batch]:
         order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
@@ -154,10 +150,6 @@ class FileSource:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    def num_batches(self, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // self.batch_size if drop_last else -(-n // self.batch_size)
 
     def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
                 order: torch.Tensor | None = None) -> Iterator[Batch]:

@@ -113,7 +113,10 @@ class ImageTransform:
         new_h, new_w = max(cover_h, round(h * scale)), max(cover_w, round(w * scale))
         if (new_h, new_w) == (h, w):
             return image
-        return image.resize((new_w, new_h), resample=_RESAMPLE[self.interpolation])
+        # reducing_gap: shrink big images by whole factors first (cheap box reduction),
+        # then resample the last step with the chosen filter; within ~1 grey level of a
+        # direct resize at a fraction of the cost for multi-megapixel photos
+        return image.resize((new_w, new_h), resample=_RESAMPLE[self.interpolation], reducing_gap=3.0)
 
     def _centre_crop(self, image: Image.Image) -> Image.Image:
         height, width = self.size
