@@ -159,8 +159,8 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
         if run_dir.is_dir() and (run_dir / "manifest.json").exists():
             raise ArtifactError(f"{run_dir} is an index folder, not a run folder (no {RUN_MANIFEST})")
         raise ArtifactError(f"{run_dir} is not a pixdex run folder (no {RUN_MANIFEST}); train one with `pixdex train`")
-    with reading(run_dir, RUN_MANIFEST) as manifest:
-        pass
+    with reading(run_dir, RUN_MANIFEST) as manifest:  # rolls an interrupted commit forward first
+        manifest = dict(manifest)
     if manifest.get("format") != RUN_FORMAT:
         raise ArtifactError(f"{run_dir / RUN_MANIFEST} is not a pixdex run manifest")
     if int(manifest.get("format_version", 0)) > RUN_FORMAT_VERSION:
