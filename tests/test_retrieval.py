@@ -178,3 +178,10 @@ def test_model_override_must_match(tiny_index: Path, trained: Path, gallery: Pat
     assert invoke("-q", "train", str(gallery), "-o", str(other), "--epochs", "1", "--seed", "7", *TINY).exit_code == 0
     refused = invoke("search", str(tiny_index), query, "--model", str(other), *RT)
     assert refused.exit_code == 1 and "does not match the model" in refused.stderr
+
+
+def test_embed_refuses_a_run_or_index_folder(tiny_index: Path, trained: Path, gallery: Path):
+    for target in (tiny_index, trained):
+        result = invoke("embed", str(trained), str(gallery), "-o", str(target), *RT)
+        assert result.exit_code == 1 and "holds a run or an index" in result.stderr
+    assert json.loads((tiny_index / "manifest.json").read_text())["format"] == "pixdex-index"
