@@ -130,6 +130,12 @@ def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], pla
                     list(source.skipped) + skipped)
 
 
+def save_npy(writer: Any, name: str, array: np.ndarray) -> None:
+    """Stream an array into a folder being committed (no in-memory copy of the file)."""
+    with open(writer.path_for(name), "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     import io
 

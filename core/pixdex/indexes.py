@@ -25,7 +25,7 @@ import numpy as np
 from pixdex import __version__
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading, sha256_file
 from pixdex.config import Config
-from pixdex.embed import Collection, Embedded, npy_bytes
+from pixdex.embed import Collection, Embedded, save_npy
 from pixdex.errors import ArtifactError, PixdexError
 from pixdex.plugins import PluginSet
 from pixdex.runs import LoadedRun, now
@@ -93,7 +93,7 @@ def commit_index(writer: FolderWriter, pset: PluginSet, config: Config, contents
     name, opts = config.component("index")
     ann = build_ann(pset, config, contents.embeddings, metric)
     crash_point("index:built")
-    writer.write_bytes("embeddings.npy", npy_bytes(contents.embeddings.astype(np.float32, copy=False)))
+    save_npy(writer, "embeddings.npy", contents.embeddings)
     writer.write_bytes("items.jsonl", _items_jsonl(contents.items))
     writer.write_bytes("skipped.jsonl", _skipped_jsonl(contents.skipped))
     staging = writer.staging_dir()

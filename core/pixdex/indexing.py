@@ -12,7 +12,7 @@ import numpy as np
 from pixdex.artifacts import FolderWriter, crash_point, reading
 from pixdex.config import Config
 from pixdex.device import placement
-from pixdex.embed import collect, embed_keys, facts_for, npy_bytes
+from pixdex.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
 from pixdex.errors import PixdexError
 from pixdex.indexes import (IndexContents, commit_index, index_size_on_disk, new_items, number_rows, open_index,
                             read_items, resolve_metric, verify)
@@ -280,7 +280,7 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
         raise nothing_read(f"no image of {data_spec}", skipped)
     items = number_rows(new_items(coll, embedded, facts, 0))
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
-        writer.write_bytes("embeddings.npy", npy_bytes(embedded.embeddings))
+        save_npy(writer, "embeddings.npy", embedded.embeddings)
         from pixdex.indexes import _items_jsonl
 
         writer.write_bytes("items.jsonl", _items_jsonl(items))
