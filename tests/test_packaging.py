@@ -110,3 +110,27 @@ def test_example_plugin_is_listed(example_plugin_target: Path, tmp_path: Path):
     indexes = subprocess.run([sys.executable, "-m", "pixdex", "list", "indexes", "--json"], capture_output=True,
                              text=True, env=env, cwd=tmp_path, timeout=120)
     assert "numpy-brute" in [r["name"] for r in json.loads(indexes.stdout)]
+
+
+def test_example_plugin_index_builds_and_searches_by_name(example_plugin_target: Path, tmp_path: Path):
+    import sys as _sys
+
+    _sys.path.insert(0, str(REPO / "tests"))
+    from recognition_data import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_class=4, seed=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
+    env["PYTHONPATH"] = str(example_plugin_target)
+    common = ["--workers", "0", "--device", "cpu"]
+    build = subprocess.run([sys.executable, "-m", "pixdex", "-q", "index", "build", "simple-cnn", str(data),
+                            "-o", str(tmp_path / "idx"), "--index", "numpy-brute", "--set", "backbone.widths=[4]",
+                            "--set", "backbone.input_size=16", *common, "--json"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert build.returncode == 0, build.stderr
+    assert json.loads(build.stdout)["index"] == "numpy-brute"
+    query = sorted((data / "top").iterdir())[0]
+    found = subprocess.run([sys.executable, "-m", "pixdex", "-q", "search", str(tmp_path / "idx"), str(query),
+                            "-k", "3", "--json", *common], capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["matches"][0]["path"] == str(query)
