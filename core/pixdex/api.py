@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,16 +51,10 @@ def list_components(pset: PluginSet, kind: str, pattern: str | None = None) -> l
             "plugin": component.plugin,
             "description": component.description if arg is None else f"{component.name} variant",
             "options": {} if arg is not None else {
-                k: (None if v is _missing() else v) for k, v in component.option_fields().items()
+                k: (None if v is dataclasses.MISSING else v) for k, v in component.option_fields().items()
             },
         })
     return out
-
-
-def _missing() -> Any:
-    import dataclasses
-
-    return dataclasses.MISSING
 
 
 def configure(

@@ -36,7 +36,7 @@ def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) 
     return run
 
 
-def embed_queries(index: OpenIndex, run: LoadedRun, queries: list[str], runtime: dict[str, Any], *,
+def embed_queries(run: LoadedRun, queries: list[str], runtime: dict[str, Any], *,
                   max_pixels: int, notify: Callable[[str], None]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     paths, skipped = expand_inputs(queries)
     if len(queries) == 1 and len(paths) == 1 and not Path(queries[0]).is_dir():
@@ -66,7 +66,7 @@ def search(index_dir: str | Path, queries: list[str], pset: PluginSet, runtime: 
     """Ranked matches for each query image: one row per query with its ``matches``."""
     index = open_index(index_dir, pset)
     run = index_model(index, pset, model)
-    paths, vectors, skipped = embed_queries(index, run, queries, runtime, max_pixels=max_pixels, notify=notify)
+    paths, vectors, skipped = embed_queries(run, queries, runtime, max_pixels=max_pixels, notify=notify)
     ids, scores = neighbours(index, vectors, k)
     rows = []
     for qpath, qids, qscores in zip(paths, ids, scores):

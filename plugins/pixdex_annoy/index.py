@@ -16,30 +16,12 @@ from typing import Any
 import numpy as np
 
 from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
+from pixdex.vectors import check_matrix, normalise
 
 METRICS: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
 INDEX_FILE = "index.ann"
 META_FILE = "annoy.json"
 
-
-def check_matrix(array: Any, dim: int, what: str) -> np.ndarray:
-    """Return ``array`` as a C-contiguous float32 [N, dim] matrix, or raise ValueError."""
-    array = np.asarray(array)
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    # annoy would happily index NaN and return garbage neighbours
-    if not np.isfinite(array).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    return array
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; zero rows stay zero (their cosine with anything is 0)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 class AnnoyIndex:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pixdex.vectors import check_matrix, normalise
 
 METRICS: tuple[str, ...] = ("cosine", "l2", "ip")
 FILE = "flat.npy"
@@ -18,25 +19,6 @@ FILE = "flat.npy"
 # memory (queries x k x dim floats) to about 16 MiB per block
 _RECOMPUTE_FLOATS = 1 << 22
 
-
-def check_matrix(array: Any, dim: int, what: str) -> np.ndarray:
-    """Return ``array`` as a C-contiguous float32 [N, dim] matrix, or raise ValueError."""
-    array = np.asarray(array)
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [n, {dim}], got {list(array.shape)}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    # NaN or inf would make the top-k order meaningless instead of failing loudly
-    if not np.isfinite(array).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    return array
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; zero rows stay zero (their cosine with anything is 0)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 class FlatIndex:
