@@ -13,8 +13,8 @@ into --out (default: a folder in the temp dir) and reused while n, seed and size
 Figures (batch size 64, timm:resnet18 at 224 px, random init, torch threads as default):
 
 * model_only: ``model(transform.batch(x))`` on uint8 tensors decoded beforehand;
-* pixdex: :func:`pixdex.embed.embed_keys` (DataLoader workers decode with
-  :func:`pixdex.images.open_image` and the transform's ``.load``), JPEG draft decoding on;
+* pixdex: :func:`pixdex.retrieval.embed.embed_keys` (DataLoader workers decode with
+  :func:`pixdex.data.images.open_image` and the transform's ``.load``), JPEG draft decoding on;
 * pixdex_nodraft: the same with draft decoding turned off (``--draft`` picks which run);
 * naive: in the main process, one image at a time: PIL open, ``.load``, a batch of 1;
 * dataloader: a plain ``torch.utils.data.DataLoader`` (PIL open + ``.load`` in workers).
@@ -42,8 +42,8 @@ import torch
 
 from pixdex import api
 from pixdex.device import placement
-from pixdex.embed import embed_keys
-from pixdex.models import open_model
+from pixdex.retrieval.embed import embed_keys
+from pixdex.retrieval.models import open_model
 
 BACKBONE = "timm:resnet18"
 TARGET = 0.90
@@ -140,7 +140,7 @@ def model_only(model, transform, images: torch.Tensor, bs: int) -> None:
 
 
 def pixdex_embed(run, paths: list[str], runtime: dict, place, draft: bool) -> None:
-    import pixdex.inputs as inputs
+    import pixdex.data.sources as inputs
 
     real = inputs.draft_size_for
     if not draft:  # the switch: FileSource asks this function for the draft size
@@ -173,7 +173,7 @@ def stage_costs(paths: list[str], transform, draft_size) -> dict:
     """Single-thread milliseconds per image of each decoding stage, on a sample."""
     from PIL import Image
 
-    from pixdex.images import open_image
+    from pixdex.data.images import open_image
 
     sample = paths[:100]
 
@@ -226,8 +226,8 @@ def main() -> None:
     model = run.pipeline.eval()
     transform = run.transform
     bs = args.batch_size
-    from pixdex.images import open_image
-    from pixdex.inputs import draft_size_for
+    from pixdex.data.images import open_image
+    from pixdex.data.sources import draft_size_for
 
     draft_size = draft_size_for(transform)
     print(json.dumps({"bench": "embed_throughput", "stage": "data", **describe(paths),

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from pixdex import api
-from pixdex.recognize import evaluate
-from pixdex.train import train
+from pixdex.recognition.classify import evaluate
+from pixdex.recognition.train import train
 
 
 def main() -> None:

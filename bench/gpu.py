@@ -59,11 +59,11 @@ def subset_idx(src: str, dst: Path, n_train: int, n_test: int) -> str:
 
 
 def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
-    from pixdex.prepare import measure, prepare_training
-    from pixdex.recognize import evaluate
-    from pixdex.runs import build_pipeline
-    from pixdex.schedule import lr_factor
-    from pixdex.train import train
+    from pixdex.data.prepare import measure, prepare_training
+    from pixdex.recognition.classify import evaluate
+    from pixdex.pipeline.runs import build_pipeline
+    from pixdex.recognition.schedule import lr_factor
+    from pixdex.recognition.train import train
 
     config = api.configure(pset, flags={"runtime": {"device": device, "batch_size": batch_size},
                                         "train": {"epochs": epochs}})
@@ -105,7 +105,7 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
             step += 1
     sync(device)
     hand_s = time.perf_counter() - start
-    from pixdex.data import open_dataset
+    from pixdex.data.datasets import open_dataset
 
     test_x, test_y = open_dataset(spec, pset.registry).as_tensors("test")
     model.eval()
@@ -123,9 +123,9 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
 
 
 def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) -> None:
-    from pixdex.inputs import TensorSource
-    from pixdex.models import open_model
-    from pixdex.recognize import autocast
+    from pixdex.data.sources import TensorSource
+    from pixdex.retrieval.models import open_model
+    from pixdex.recognition.classify import autocast
 
     place = placement(device, "auto", notify=lambda m: None)
     for name in models:

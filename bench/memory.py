@@ -40,9 +40,9 @@ def synthetic_index(folder: Path, n: int, dim: int, classes: int, seed: int) -> 
     """A real index folder (model, manifest, checksums) whose embeddings are synthetic."""
     from pixdex import api
     from pixdex.artifacts import FolderWriter
-    from pixdex.indexes import IndexContents, commit_index, number_rows
-    from pixdex.models import open_model, stage_model
-    from pixdex.runs import now
+    from pixdex.retrieval.index_folder import IndexContents, commit_index, number_rows
+    from pixdex.retrieval.models import open_model, stage_model
+    from pixdex.pipeline.runs import now
 
     pset = api.load_plugins()
     config = api.configure(pset, flags={"backbone": {"name": "simple-cnn"}, "index": {"name": "flat"}},

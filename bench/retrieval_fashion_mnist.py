@@ -10,7 +10,7 @@
     python bench/retrieval_fashion_mnist.py /usr/share/datasets/fashion-mnist
     python bench/retrieval_fashion_mnist.py DIR --only metric --metric-epochs 12 --set backbone.widths=[64,128]
 
-Metrics are exact (whole-gallery ranking, pixdex.retrieval_metrics): mAP, P@1, R@10,
+Metrics are exact (whole-gallery ranking, pixdex.retrieval.metrics): mAP, P@1, R@10,
 MAP@R. Target for the metric-learning recipe: mAP >= 0.90 and P@1 >= 0.93.
 """
 
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from pixdex import api
-from pixdex.data import open_dataset
+from pixdex.data.datasets import open_dataset
 from pixdex.device import placement
-from pixdex.inputs import TensorSource
-from pixdex.recognize import run_inference
-from pixdex.retrieval_metrics import Side, evaluate
-from pixdex.runs import load_run
-from pixdex.train import train
+from pixdex.data.sources import TensorSource
+from pixdex.recognition.classify import run_inference
+from pixdex.retrieval.metrics import Side, evaluate
+from pixdex.pipeline.runs import load_run
+from pixdex.recognition.train import train
 
 
 def metrics(gallery: np.ndarray, g_labels: list[str], queries: np.ndarray, q_labels: list[str], device: str) -> dict:

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from pixdex import api
-from pixdex.data import open_dataset
-from pixdex.prepare import measure, prepare_training
-from pixdex.runs import build_pipeline
-from pixdex.train import train
+from pixdex.data.datasets import open_dataset
+from pixdex.data.prepare import measure, prepare_training
+from pixdex.pipeline.runs import build_pipeline
+from pixdex.recognition.train import train
 
 
 def hand_loop(spec: str, pset, config, device: str) -> float:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from pixdex.clustering import kmeans, nmi, purity
+from pixdex.retrieval.clustering import kmeans, nmi, purity
 from pixdex.errors import UsageError
-from pixdex.near_duplicates import group_pairs, score_threshold
+from pixdex.retrieval.duplicates import group_pairs, score_threshold
 from conftest import invoke
 
 

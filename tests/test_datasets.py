@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixdex.data import (
+from pixdex.data.datasets import (
     Unlabelled, evaluation_split, map_labels, open_dataset, safe_class_name, stratified_split,
     training_split,
 )
@@ -392,7 +392,7 @@ def test_bundled_sample(registry) -> None:
     assert Counter(label for _, label in ds.items("test")) == {c: 20 for c in ds.classes}
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total < 1_500_000
-    from pixdex.images import open_image
+    from pixdex.data.images import open_image
 
     im = open_image(ds.items("test")[0][0])
     assert im.mode == "L" and im.size == (28, 28)
@@ -403,7 +403,7 @@ def test_bundled_sample(registry) -> None:
 
 def test_readers_import_no_heavy_libraries() -> None:
     # `pixdex --help` imports every plugin and the data modules: they must stay light
-    code = ("import sys, pixdex.data, pixdex.images, pixdex.sample, pixdex_datasets; "
+    code = ("import sys, pixdex.data.datasets, pixdex.data.images, pixdex.sample, pixdex_datasets; "
             "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

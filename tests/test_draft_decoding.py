@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pixdex.images import ImageSkip, open_image
-from pixdex.inputs import FileSource, draft_size_for
-from pixdex.loading import ImageFiles
+from pixdex.data.images import ImageSkip, open_image
+from pixdex.data.sources import FileSource, draft_size_for
+from pixdex.data.loading import ImageFiles
 from pixdex_transforms.transform import ImageTransform
 
 DRAFT = (256, 256)  # what a 224 px transform with crop_pct 0.875 resizes to

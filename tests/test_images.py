@@ -1,4 +1,4 @@
-"""pixdex.images: safe listing and decoding, every Pillow mode, every bad file's reason."""
+"""pixdex.data.images: safe listing and decoding, every Pillow mode, every bad file's reason."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pixdex.errors import PixdexError
-from pixdex.images import (
+from pixdex.data.images import (
     DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, REASONS, ImageSkip, list_images, open_image, probe_images,
 )
 

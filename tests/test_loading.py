@@ -1,4 +1,4 @@
-"""pixdex.loading: decoding inside DataLoader workers, skips collected, order kept."""
+"""pixdex.data.loading: decoding inside DataLoader workers, skips collected, order kept."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pixdex.loading import ImageFiles, TensorImages, collate, tensor_stats
+from pixdex.data.loading import ImageFiles, TensorImages, collate, tensor_stats
 
 
 def load_8x8(image: Image.Image) -> torch.Tensor:

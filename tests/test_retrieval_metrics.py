@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recognition_data import make_folder_dataset
-from pixdex.retrieval_metrics import Side, evaluate
+from pixdex.retrieval.metrics import Side, evaluate
 from conftest import invoke
 
 

@@ -11,7 +11,7 @@ be run over the same folder and checked::
     corpus = make_wild_corpus(tmp_path / "wild")
     corpus["root"]            # str: the folder to point pixdex at (an unlabelled collection)
     corpus["good"]            # {path: {"mode": "L" | "RGB", "size": (W, H)}} after decoding
-    corpus["bad"]             # {path: reason}, reason from pixdex.images.REASONS
+    corpus["bad"]             # {path: reason}, reason from pixdex.data.images.REASONS
     corpus["ignored"]         # paths listing passes over silently (non-image extensions)
     corpus["listing_skips"]   # the subset of "bad" that list_images itself reports
 

@@ -1,7 +1,7 @@
 """pixdex_datasets: the built-in dataset readers (idx, folder, csv, jsonl, collection).
 
 Built in, but shaped exactly like a third-party plugin package. The registration order is
-the detection order for a plain DATA path (pixdex.data.open_dataset): MNIST-format IDX
+the detection order for a plain DATA path (pixdex.data.datasets.open_dataset): MNIST-format IDX
 files, then class folders (train/val/test or ImageFolder), then list files by suffix,
 then any folder or image as an unlabelled collection.
 

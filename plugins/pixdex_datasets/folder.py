@@ -1,7 +1,7 @@
 """Folder readers: ``folder`` (class subfolders, optionally under train/val/test) and
 ``collection`` (every image below a folder, unlabelled).
 
-Detection of a plain path (pixdex.data.open_dataset asks the readers in order):
+Detection of a plain path (pixdex.data.datasets.open_dataset asks the readers in order):
 
 * subfolders that are only ``train``, ``val`` and ``test`` -> ``folder``, split layout
   (each split holds class folders; a split holding only loose images is unlabelled);
@@ -9,7 +9,7 @@ Detection of a plain path (pixdex.data.open_dataset asks the readers in order):
   (torchvision's ImageFolder layout);
 * any other folder, or a single image file -> ``collection``.
 
-Hidden entries (names starting with ".") are ignored, as pixdex.images.list_images does,
+Hidden entries (names starting with ".") are ignored, as pixdex.data.images.list_images does,
 so a stray ``.ipynb_checkpoints`` is never a class.
 """
 
@@ -22,7 +22,7 @@ from typing import Iterator
 
 from pixdex.contracts import Item
 from pixdex.errors import PixdexError
-from pixdex.images import has_image_extension, list_images, skip_entry
+from pixdex.data.images import has_image_extension, list_images, skip_entry
 
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 
 from pixdex.contracts import Item
 from pixdex.errors import PixdexError
-from pixdex.images import skip_entry
+from pixdex.data.images import skip_entry
 
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path, optional_label
 

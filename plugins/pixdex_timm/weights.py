@@ -168,7 +168,7 @@ def load_weights_file(backbone: TimmBackbone, path: str, *, trust: bool = False)
     3-channel first convolution is adapted to the model's ``in_chans``. Anything else that
     does not match is an error listing the keys.
     """
-    from pixdex.runs import check_weights_fit
+    from pixdex.pipeline.runs import check_weights_fit
 
     tensors = _strip(read_state_dict(path, trust=trust), "module.")
     if any(k.startswith("backbone.") for k in tensors) and all(k.startswith(("backbone.", "head.")) for k in tensors):

@@ -52,7 +52,7 @@ def original(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 def results(index: Path) -> tuple[int, list]:
     """(count, top-5 ids for the first 6 stored vectors) through the public open path."""
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
 
     opened = open_index(index, load_plugins(entry_points=[]))

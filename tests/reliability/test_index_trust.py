@@ -56,7 +56,7 @@ def _edit_manifest(index: Path, **changes) -> None:
 
 def _resign(index: Path) -> None:
     """Recompute the digest, as a careful forger would, to reach the deeper checks."""
-    from pixdex.indexes import seal
+    from pixdex.retrieval.index_folder import seal
 
     manifest = json.loads((index / "manifest.json").read_text())
     (index / "manifest.json").write_text(json.dumps(seal(manifest)))
@@ -126,7 +126,7 @@ def test_pristine_copy_still_works(pristine: Path, collection: Path, tmp_path: P
 
 
 def test_replacing_an_index_does_not_disturb_an_open_searcher(pristine: Path, collection: Path, tmp_path: Path):
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
 
     index = _copy(pristine, tmp_path)
@@ -147,7 +147,7 @@ def test_replacing_an_index_does_not_disturb_an_open_searcher(pristine: Path, co
 
 
 def test_eight_threads_equal_serial(pristine: Path):
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
 
     opened = open_index(pristine, load_plugins(entry_points=[]))

@@ -29,7 +29,7 @@ def command(data: Path, out: Path) -> list[str]:
 
 
 def state(index: Path) -> tuple[int, list]:
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
 
     opened = open_index(index, load_plugins(entry_points=[]))

@@ -46,7 +46,7 @@ def test_killed_during_the_second_checkpoint(point: str, data: Path, straight: P
     proc = train(data, run, "--epochs", "3", crash_at=f"{point}@2")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     from pixdex.plugins import load_plugins
-    from pixdex.runs import load_run
+    from pixdex.pipeline.runs import load_run
 
     loaded = load_run(run, load_plugins(entry_points=[]))  # opens, rolling forward if needed
     done = loaded.manifest["epochs_done"]

@@ -2,7 +2,7 @@
 
 Every good image is decoded exactly once, every bad one is skipped and reported with its
 reason; random bytes and random valid images only ever give a correct-shaped array or an
-:class:`~pixdex.images.ImageSkip`.
+:class:`~pixdex.data.images.ImageSkip`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pixdex.data import open_dataset
-from pixdex.images import REASONS, ImageSkip, list_images, open_image
+from pixdex.data.datasets import open_dataset
+from pixdex.data.images import REASONS, ImageSkip, list_images, open_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wild_images import make_wild_corpus  # noqa: E402

@@ -37,7 +37,7 @@ def build_cli(plugins: PluginSet | None = None) -> click.Group:
     @click.option("-q", "--quiet", is_flag=True, help="No notices or progress bars on stderr.")
     @click.pass_context
     def cli(ctx: click.Context, quiet: bool) -> None:
-        from pixdex.images import quiet_pillow_warnings
+        from pixdex.data.images import quiet_pillow_warnings
 
         quiet_pillow_warnings()  # bad images are reported in the skip report instead
         ctx.obj = App(plugins=plugins, quiet=quiet)

@@ -77,7 +77,7 @@ def evaluate_retrieval_cmd(app: App, index_dir: str, queries: tuple[str, ...], l
     ranking is exact (independent of the ANN) and memory stays bounded by
     --chunk-size, whatever the numbers of queries and items.
     """
-    from pixdex.retrieval_metrics import evaluate_index
+    from pixdex.retrieval.metrics import evaluate_index
 
     runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="evaluate-retrieval")
     if params.get("max_pixels"):
@@ -126,7 +126,7 @@ def cluster_cmd(app: App, index_dir: str, k: int, out_dir: str | None, seed: int
     numbered by size, largest first. Prints each cluster's size and majority label,
     and, when the items have labels, NMI (arithmetic normalisation) and purity.
     """
-    from pixdex.clustering import cluster_index
+    from pixdex.retrieval.clustering import cluster_index
 
     report = cluster_index(index_dir, app.plugins, k, out_dir=out_dir, seed=seed, iterations=iterations,
                            tol=tolerance, chunk_size=chunk_size or _retrieval_setting(app, "chunk_size"),
@@ -169,7 +169,7 @@ def duplicates_cmd(app: App, index_dir: str, threshold: float | None, neighbours
     Formats: json (everything), jsonl (one line per group), table and csv (one row
     per image).
     """
-    from pixdex.near_duplicates import find_duplicates
+    from pixdex.retrieval.duplicates import find_duplicates
 
     report = find_duplicates(index_dir, app.plugins, threshold=threshold, neighbours=neighbours, out_dir=out_dir,
                              notify=app.note)

@@ -93,7 +93,7 @@ def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset
     training split; a test split is never read. Every epoch is committed atomically, so
     an interrupted run loses at most the epoch in progress: continue with --resume.
     """
-    from pixdex.train import resume_config, train
+    from pixdex.recognition.train import resume_config, train
     from pixdex.world import launch_torchrun, under_torchrun, world_from_env
 
     if params.pop("nproc", None) and not under_torchrun():
@@ -152,7 +152,7 @@ def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: s
                  **params: Any) -> None:
     """Measure a trained run on labelled DATA: top-1, top-5, per-class precision, recall
     and F1, and the confusion matrix. Uses DATA's test split when it has one."""
-    from pixdex.recognize import evaluate
+    from pixdex.recognition.classify import evaluate
 
     runtime = _runtime(app, params, sets, "evaluate")
     report = evaluate(run_dir, data, app.plugins, runtime, split=split, labels=labels,
@@ -160,7 +160,7 @@ def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: s
     write_skips(app, report.pop("_skipped_entries"), skipped_file, strict_images)
     if confusion_png:
         from pixdex.artifacts import atomic_write_bytes
-        from pixdex.plots import plot_confusion
+        from pixdex.recognition.plots import plot_confusion
 
         png = plot_confusion(report["confusion"], report["classes"], notify=app.note)
         if png is not None:
@@ -194,12 +194,12 @@ def predict_cmd(app: App, model: str, images: tuple[str, ...], k: int, neighbour
 
     runtime = _runtime(app, params, sets, "predict")
     if (Path(model) / "manifest.json").exists():
-        from pixdex.search import predict_by_neighbours
+        from pixdex.retrieval.search import predict_by_neighbours
 
         rows, skipped = predict_by_neighbours(model, list(images), app.plugins, runtime, k=neighbours, top=k,
                                               max_pixels=runtime["max_pixels"], notify=app.note)
     else:
-        from pixdex.recognize import predict
+        from pixdex.recognition.classify import predict
 
         rows, skipped = predict(model, list(images), app.plugins, runtime, k=k, max_pixels=runtime["max_pixels"],
                                 notify=app.note)

@@ -17,7 +17,7 @@ from pixdex.errors import UsageError
 def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None,
                   config_file: str | None) -> Config:
     """Config for commands that take MODEL: a run folder fixes backbone/transform/loss."""
-    from pixdex.models import is_run_folder, model_layer
+    from pixdex.retrieval.models import is_run_folder, model_layer
 
     flags = flags_layer(params)
     if params.get("index_name"):
@@ -40,7 +40,7 @@ def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str,
 
 
 def _options(app: App, config: Config, params: dict[str, Any], **extra: Any) -> Any:
-    from pixdex.indexing import Options
+    from pixdex.retrieval.indexing import Options
     from pixdex.world import world_from_env
 
     world = world_from_env()  # under torchrun each process embeds one contiguous shard
@@ -94,7 +94,7 @@ def embed_cmd(app: App, model: str, data: str, out_dir: str, config_file: str | 
     MODEL is a run folder from `pixdex train`, or a backbone spec such as
     timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
     """
-    from pixdex.indexing import embed_to_folder
+    from pixdex.retrieval.indexing import embed_to_folder
 
     config = _model_config(app, model, params, sets, preset, config_file)
     opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
@@ -136,7 +136,7 @@ def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config
     MODEL is a run folder from `pixdex train`, or a backbone spec such as
     timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
     """
-    from pixdex.indexing import build
+    from pixdex.retrieval.indexing import build
 
     config = _model_config(app, model, params, sets, preset, config_file)
     opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
@@ -174,7 +174,7 @@ def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_
             **params: Any) -> None:
     """Add the images of DATA that INDEX_DIR lacks (by sha256), with the index's own model,
     then rebuild the ANN structure from the stored embeddings."""
-    from pixdex.indexing import Options, add
+    from pixdex.retrieval.indexing import Options, add
 
     runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="index add")
     opts = Options(runtime=runtime, max_pixels=params.get("max_pixels") or runtime["max_pixels"], labels=labels,
@@ -194,7 +194,7 @@ def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_
 @pass_app
 def remove_cmd(app: App, index_dir: str, paths: tuple[str, ...], lock_timeout: float, fmt: str, as_json: bool) -> None:
     """Remove the items at PATHS from INDEX_DIR (rows are compacted; ids stay stable)."""
-    from pixdex.indexing import Options, remove
+    from pixdex.retrieval.indexing import Options, remove
 
     runtime = api.runtime_config(app.plugins, what="index remove")
     opts = Options(runtime=runtime, max_pixels=runtime["max_pixels"], lock_timeout=lock_timeout, notify=app.note)
@@ -210,7 +210,7 @@ def remove_cmd(app: App, index_dir: str, paths: tuple[str, ...], lock_timeout: f
 @pass_app
 def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
     """Counts, model, index parameters, measured recall and size on disk (verifies every file)."""
-    from pixdex.indexing import info
+    from pixdex.retrieval.indexing import info
 
     _emit_info(app, info(index_dir, app.plugins), fmt, as_json)
 
@@ -235,7 +235,7 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
     Scores: cosine similarity for cosine indexes, the dot product for ip, minus the
     euclidean distance for l2; higher is more similar.
     """
-    from pixdex.search import search
+    from pixdex.retrieval.search import search
 
     runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="search")
     rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k or runtime["k"], model=model_override,
@@ -245,7 +245,7 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
         from pathlib import Path
 
         from pixdex.artifacts import atomic_write_bytes
-        from pixdex.contact_sheet import search_sheet
+        from pixdex.retrieval.contact_sheet import search_sheet
 
         atomic_write_bytes(Path(html_file), search_sheet(rows, f"pixdex search: {index_dir}").encode("utf-8",
                                                                                                   "surrogateescape"))

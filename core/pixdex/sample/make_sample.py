@@ -6,7 +6,7 @@ from the test set (t10k), and writes them as optimised greyscale PNGs:
     fashion-mnist/train/<class>/NNNNN.png    NNNNN = the image's index in the IDX file
     fashion-mnist/test/<class>/NNNNN.png
 
-Class folders use pixdex.data.safe_class_name ("T-shirt/top" -> "T-shirt_top"); pixdex
+Class folders use pixdex.data.datasets.safe_class_name ("T-shirt/top" -> "T-shirt_top"); pixdex
 matches the two spellings when it maps labels. Run it from a checkout with the IDX files
 at hand (Debian: ``apt-get install dataset-fashion-mnist``)::
 
@@ -51,7 +51,7 @@ def png_bytes(pixels: "object") -> bytes:
 
 def make_sample(source: str, out: Path, *, seed: int = SEED) -> int:
     """Write the sample from the IDX files in ``source`` to ``out``; return the file count."""
-    from pixdex.data import safe_class_name
+    from pixdex.data.datasets import safe_class_name
     from pixdex_datasets.idx import make_idx, IdxOptions
 
     dataset = make_idx(IdxOptions(path=source, kind="fashion-mnist"))

@@ -25,10 +25,10 @@ import numpy as np
 from pixdex import __version__
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading, sha256_file
 from pixdex.config import Config
-from pixdex.embed import Collection, Embedded, save_npy
+from pixdex.retrieval.embed import Collection, Embedded, save_npy
 from pixdex.errors import ArtifactError, PixdexError
 from pixdex.plugins import PluginSet
-from pixdex.runs import LoadedRun, now
+from pixdex.pipeline.runs import LoadedRun, now
 
 INDEX_FORMAT = "pixdex-index"
 INDEX_FORMAT_VERSION = 1

@@ -318,12 +318,12 @@ def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, A
     index's own model. DATA with a test split gives its test split unless ``split`` says otherwise."""
     from pathlib import Path
 
-    from pixdex.data import open_dataset
+    from pixdex.data.datasets import open_dataset
     from pixdex.device import placement
-    from pixdex.embed import embed_keys, facts_for
+    from pixdex.retrieval.embed import embed_keys, facts_for
     from pixdex.errors import PixdexError
-    from pixdex.images import has_image_extension
-    from pixdex.search import index_model
+    from pixdex.data.images import has_image_extension
+    from pixdex.retrieval.search import index_model
 
     run = index_model(index, pset)
     place = placement(runtime["device"], runtime["precision"], notify=notify)
@@ -352,7 +352,7 @@ def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, A
             qlabels.append(items[p][1])
             qshas.append(facts[p].get("sha256"))
     if not sum(len(v) for v in vectors):
-        from pixdex.recognize import nothing_read
+        from pixdex.recognition.classify import nothing_read
 
         raise nothing_read(f"no query image of {', '.join(specs)}", skipped)
     return Side(np.concatenate(vectors), qlabels, qshas), skipped
@@ -367,7 +367,7 @@ def evaluate_index(index_dir: Any, queries: list[str], pset: Any, runtime: dict[
 
     from pixdex.device import resolve_device
     from pixdex.errors import ArtifactError, PixdexError, UsageError
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.index_folder import open_index
 
     if leave_one_out and queries:
         raise UsageError("--leave-one-out uses the index's own items as queries: give QUERIES or "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import torch
 import torch.utils.data
 
-from pixdex.images import DEFAULT_MAX_PIXELS, ImageSkip, ImageStats, open_image
+from pixdex.data.images import DEFAULT_MAX_PIXELS, ImageSkip, ImageStats, open_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,12 +31,12 @@ class ImageFiles(torch.utils.data.Dataset):
     """Items ``[(path or key, label index or -1)]`` decoded on demand.
 
     ``load`` maps a PIL image (mode L or RGB) to ``uint8[C, H, W]``: a Transform's
-    ``.load``. ``opener`` replaces :func:`pixdex.images.open_image` for keys that are not
+    ``.load``. ``opener`` replaces :func:`pixdex.data.images.open_image` for keys that are not
     file paths (an IDX dataset's ``.image``). Everything here must pickle, for DataLoader
     workers started with spawn.
 
     ``draft_size`` ``(height, width)``, when ``load`` shrinks every image to at least that
-    size, lets :func:`~pixdex.images.open_image` decode large JPEGs at a reduced scale
+    size, lets :func:`~pixdex.data.images.open_image` decode large JPEGs at a reduced scale
     (files only; an ``opener`` decodes as it likes).
 
     ``__getitem__`` never raises for a bad image: it returns ``(None, label, index,
@@ -113,7 +113,7 @@ def collate(batch: Sequence[Sample]) -> Batch:
 
 
 def tensor_stats(images: torch.Tensor, *, sample: int = 10000, seed: int = 0) -> ImageStats:
-    """What :func:`pixdex.images.probe_images` measures, for ``uint8[N, C, H, W]`` tensors.
+    """What :func:`pixdex.data.images.probe_images` measures, for ``uint8[N, C, H, W]`` tensors.
 
     Mean and std are taken over a seeded sample of up to ``sample`` images (all of them
     for Fashion-MNIST's 60,000 costs ~0.3 s; the sample gives the same figures to 3 places).

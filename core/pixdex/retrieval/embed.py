@@ -20,11 +20,11 @@ import torch
 from pixdex.contracts import Dataset, Item
 from pixdex.device import Placement
 from pixdex.errors import PixdexError
-from pixdex.images import DEFAULT_MAX_PIXELS
-from pixdex.inputs import FileSource
+from pixdex.data.images import DEFAULT_MAX_PIXELS
+from pixdex.data.sources import FileSource
 from pixdex.plugins import PluginSet
-from pixdex.recognize import autocast
-from pixdex.runs import LoadedRun
+from pixdex.recognition.classify import autocast
+from pixdex.pipeline.runs import LoadedRun
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Collection:
 
 def collect(data_spec: str, pset: PluginSet, *, labels: str = "auto", split: str | None = None) -> Collection:
     """Every item of DATA (all splits unless ``split``), labels where DATA has them."""
-    from pixdex.data import open_dataset
+    from pixdex.data.datasets import open_dataset
 
     ds = open_dataset(data_spec, pset.registry, labels=labels)
     if split is not None and split not in ds.splits():

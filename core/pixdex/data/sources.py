@@ -132,7 +132,7 @@ class FileSource:
 
     def __init__(self, paths: list[str], labels: list[int], transform: Transform, *, batch_size: int,
                  device: str, workers: int, max_pixels: int, seed: int = 0, opener: Any = None) -> None:
-        from pixdex.loading import ImageFiles
+        from pixdex.data.loading import ImageFiles
 
         # opener: a dataset's own .image(key) for keys that are not file paths
         self.dataset = ImageFiles(list(zip(paths, labels)), transform.load, max_pixels=max_pixels, opener=opener,
@@ -153,7 +153,7 @@ class FileSource:
 
     def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
                 order: torch.Tensor | None = None) -> Iterator[Batch]:
-        from pixdex.loading import collate
+        from pixdex.data.loading import collate
 
         order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
         loader = torch.utils.data.DataLoader(

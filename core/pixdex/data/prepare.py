@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from pixdex.contracts import DataInfo, Dataset, Transform
-from pixdex.data import map_labels, open_dataset, stratified_split
+from pixdex.data.datasets import map_labels, open_dataset, stratified_split
 from pixdex.errors import PixdexError
-from pixdex.inputs import FileSource, TensorSource
+from pixdex.data.sources import FileSource, TensorSource
 from pixdex.plugins import PluginSet
 
 PROBE_SAMPLE = 256  # images decoded to learn channels, size, mean and std
@@ -54,7 +54,7 @@ def open_labelled(spec: str, pset: PluginSet, labels: str) -> Dataset:
 def prepare_training(spec: str, pset: PluginSet, data: dict[str, Any], seed: int) -> Prepared:
     """Open DATA, take its training split (never the test split) and carve a stratified,
     seeded validation set out of it."""
-    from pixdex.data import training_split
+    from pixdex.data.datasets import training_split
 
     ds = open_labelled(spec, pset, data["labels"])
     split_name = training_split(ds)
@@ -88,7 +88,7 @@ def measure(prep: Prepared, max_pixels: int, num_classes: int, seed: int) -> Dat
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
         return DataInfo(int(images.shape[1]), (int(images.shape[2]), int(images.shape[3])), num_classes,
                         tuple(mean), tuple(std))
-    from pixdex.images import probe_images
+    from pixdex.data.images import probe_images
 
     in_chans, native, mean, std = probe_images(prep.train.keys, sample=PROBE_SAMPLE, max_pixels=max_pixels, seed=seed)
     return DataInfo(in_chans, native, num_classes, tuple(mean), tuple(std))

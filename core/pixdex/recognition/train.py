@@ -21,15 +21,15 @@ from typing import Any, Callable
 import torch
 
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, load_safetensors, read_json, tensors_to_bytes
-from pixdex.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
+from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from pixdex.config import Config
 from pixdex.device import Placement, placement
 from pixdex.errors import PixdexError, UsageError
 from pixdex.plugins import PluginSet
-from pixdex.prepare import make_source, measure, prepare_training
-from pixdex.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, RUN_MANIFEST, Pipeline, build_pipeline,
+from pixdex.data.prepare import make_source, measure, prepare_training
+from pixdex.pipeline.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, RUN_MANIFEST, Pipeline, build_pipeline,
                          data_info_record, now, versions)
-from pixdex.schedule import lr_factor, make_optimizer, set_lr
+from pixdex.recognition.schedule import lr_factor, make_optimizer, set_lr
 from pixdex.world import World
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
@@ -161,7 +161,7 @@ class Trainer:
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """This process's items of one epoch, in batch order: a permutation seeded by
         (seed, epoch), or P x K blocks, dealt to the processes batch by batch."""
-        from pixdex.inputs import epoch_order, pk_order
+        from pixdex.data.sources import epoch_order, pk_order
 
         if self.pk is None:
             order = epoch_order(len(self.train_src), self.seed, epoch, shuffle=True)
@@ -188,7 +188,7 @@ class Trainer:
         last = read_json(self.run_dir / "last.json", "checkpoint")
         tensors, _ = load_safetensors(self.run_dir / "last.safetensors", "checkpoint")
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        from pixdex.runs import check_weights_fit
+        from pixdex.pipeline.runs import check_weights_fit
 
         check_weights_fit(self.model, model_state, str(self.run_dir / "last.safetensors"))
         self.model.load_state_dict(model_state)
@@ -345,7 +345,7 @@ class Trainer:
         self.files = {**self.files, **committed}
 
     def plot(self, writer: FolderWriter) -> None:
-        from pixdex.plots import plot_history
+        from pixdex.recognition.plots import plot_history
 
         png = plot_history(self.history, notify=self.notify)
         if png is not None:

@@ -13,10 +13,10 @@ import torch
 from pixdex.contracts import Transform
 from pixdex.device import Placement, placement
 from pixdex.errors import PixdexError
-from pixdex.images import DEFAULT_MAX_PIXELS
-from pixdex.inputs import FileSource, TensorSource
+from pixdex.data.images import DEFAULT_MAX_PIXELS
+from pixdex.data.sources import FileSource, TensorSource
 from pixdex.plugins import PluginSet
-from pixdex.runs import LoadedRun, load_run
+from pixdex.pipeline.runs import LoadedRun, load_run
 
 
 @dataclass
@@ -84,9 +84,9 @@ def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict
              notify: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix on
     DATA's test split (or all of DATA, or ``split``). Labels are matched by class name."""
-    from pixdex.data import evaluation_split, map_labels
-    from pixdex.metrics import classification_report
-    from pixdex.prepare import open_labelled
+    from pixdex.data.datasets import evaluation_split, map_labels
+    from pixdex.recognition.metrics import classification_report
+    from pixdex.data.prepare import open_labelled
 
     run = load_run(run_dir, pset)
     require_classifier(run, "evaluate")
@@ -125,7 +125,7 @@ def nothing_read(what: str, skipped: list[dict[str, Any]]) -> PixdexError:
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     """Image files as given, folders listed recursively (symlink-loop safe)."""
-    from pixdex.images import list_images
+    from pixdex.data.images import list_images
 
     paths: list[str] = []
     skipped: list[dict[str, Any]] = []
@@ -144,7 +144,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
 
 def check_single_image(path: str, max_pixels: int) -> None:
     """Single-image work: a bad image is a clear error, not a skip."""
-    from pixdex.images import ImageSkip, open_image
+    from pixdex.data.images import ImageSkip, open_image
 
     try:
         open_image(path, max_pixels=max_pixels)

@@ -19,7 +19,7 @@ from pixdex.config import Config
 from pixdex.contracts import DataInfo
 from pixdex.errors import PixdexError
 from pixdex.plugins import PluginSet
-from pixdex.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, LoadedRun, build_pipeline, data_info_record, load_run,
+from pixdex.pipeline.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, LoadedRun, build_pipeline, data_info_record, load_run,
                          now, versions)
 
 

@@ -109,9 +109,9 @@ def find_duplicates(index_dir: str | Path, pset: Any, *, threshold: float | None
                     ) -> dict[str, Any]:
     """Near-duplicate groups of an index folder; writes duplicates.json and duplicates.html."""
     from pixdex.artifacts import atomic_write_bytes, to_json
-    from pixdex.clustering import check_output, default_output
-    from pixdex.contact_sheet import duplicates_sheet
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.clustering import check_output, default_output
+    from pixdex.retrieval.contact_sheet import duplicates_sheet
+    from pixdex.retrieval.index_folder import open_index
 
     index = open_index(index_dir, pset)
     minimum = score_threshold(index.metric, threshold)

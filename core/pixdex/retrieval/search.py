@@ -8,13 +8,13 @@ from typing import Any, Callable
 import numpy as np
 
 from pixdex.device import placement
-from pixdex.embed import embed_keys
+from pixdex.retrieval.embed import embed_keys
 from pixdex.errors import ArtifactError, PixdexError
-from pixdex.indexes import OpenIndex, open_index
-from pixdex.models import model_fingerprint
+from pixdex.retrieval.index_folder import OpenIndex, open_index
+from pixdex.retrieval.models import model_fingerprint
 from pixdex.plugins import PluginSet
-from pixdex.recognize import check_single_image, expand_inputs
-from pixdex.runs import LoadedRun, load_run
+from pixdex.recognition.classify import check_single_image, expand_inputs
+from pixdex.pipeline.runs import LoadedRun, load_run
 
 
 def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) -> LoadedRun:
@@ -47,7 +47,7 @@ def embed_queries(run: LoadedRun, queries: list[str], runtime: dict[str, Any], *
     embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries")
     skipped += embedded.skipped
     if len(embedded.positions) == 0:
-        from pixdex.recognize import nothing_read
+        from pixdex.recognition.classify import nothing_read
 
         raise nothing_read(f"none of the {len(paths)} query image(s)", skipped)
     return [paths[p] for p in embedded.positions.tolist()], embedded.embeddings, skipped

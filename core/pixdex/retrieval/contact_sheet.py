@@ -11,7 +11,7 @@ import html
 import io
 from typing import Any, Callable, Sequence
 
-from pixdex.images import DEFAULT_MAX_PIXELS, ImageSkip, open_image
+from pixdex.data.images import DEFAULT_MAX_PIXELS, ImageSkip, open_image
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}

@@ -12,13 +12,13 @@ import numpy as np
 from pixdex.artifacts import FolderWriter, crash_point, reading
 from pixdex.config import Config
 from pixdex.device import placement
-from pixdex.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
+from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
 from pixdex.errors import PixdexError
-from pixdex.indexes import (IndexContents, commit_index, index_size_on_disk, new_items, number_rows, open_index,
+from pixdex.retrieval.index_folder import (IndexContents, commit_index, index_size_on_disk, new_items, number_rows, open_index,
                             read_items, resolve_metric, verify)
-from pixdex.models import open_model, stage_model
+from pixdex.retrieval.models import open_model, stage_model
 from pixdex.plugins import PluginSet
-from pixdex.runs import LoadedRun, load_run, now
+from pixdex.pipeline.runs import LoadedRun, load_run, now
 from pixdex.world import World
 
 
@@ -91,7 +91,7 @@ def gather_shards(mine: Any, world: Any, shard_dir: Path | None) -> Any:
     import json as _json
 
     from pixdex.artifacts import atomic_write_bytes
-    from pixdex.embed import Embedded
+    from pixdex.retrieval.embed import Embedded
 
     assert shard_dir is not None, "distributed embedding needs a staging folder"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -275,13 +275,13 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
     if not opts.world.is_main:
         return {}
     if len(embedded.positions) == 0:
-        from pixdex.recognize import nothing_read
+        from pixdex.recognition.classify import nothing_read
 
         raise nothing_read(f"no image of {data_spec}", skipped)
     items = number_rows(new_items(coll, embedded, facts, 0))
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         save_npy(writer, "embeddings.npy", embedded.embeddings)
-        from pixdex.indexes import _items_jsonl
+        from pixdex.retrieval.index_folder import _items_jsonl
 
         writer.write_bytes("items.jsonl", _items_jsonl(items))
         writer.write_bytes("skipped.jsonl", _items_jsonl(skipped))

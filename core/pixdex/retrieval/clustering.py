@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pixdex.errors import PixdexError, UsageError
-from pixdex.retrieval_metrics import Rows, score_dtype
+from pixdex.retrieval.metrics import Rows, score_dtype
 
 
 @dataclass
@@ -217,8 +217,8 @@ def cluster_index(index_dir: str | Path, pset: Any, k: int, *, out_dir: str | Pa
     majority labels; NMI and purity over the labelled items when there are any).
     """
     from pixdex.artifacts import atomic_write_bytes, jsonl_bytes
-    from pixdex.contact_sheet import cluster_sheet
-    from pixdex.indexes import open_index
+    from pixdex.retrieval.contact_sheet import cluster_sheet
+    from pixdex.retrieval.index_folder import open_index
 
     index = open_index(index_dir, pset)
     if not 1 <= k <= len(index.items):
