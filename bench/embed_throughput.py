@@ -67,7 +67,7 @@ def make_jpegs(out: Path, n: int, long_sides: list[int], seed: int = 0) -> list[
     sources = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    for i, path in enumerate(paths):
+    for path in paths:
         src = sources[int(rng.integers(len(sources)))]
         sw, sh = src.size
         aspect = float(rng.choice([3 / 4, 4 / 3]))  # height / width
@@ -140,15 +140,15 @@ def model_only(model, transform, images: torch.Tensor, bs: int) -> None:
 
 
 def pixdex_embed(run, paths: list[str], runtime: dict, place, draft: bool) -> None:
-    import pixdex.data.sources as inputs
+    import pixdex.data.sources as sources
 
-    real = inputs.draft_size_for
+    real = sources.draft_size_for
     if not draft:  # the switch: FileSource asks this function for the draft size
-        inputs.draft_size_for = lambda transform: None
+        sources.draft_size_for = lambda transform: None
     try:
         out = embed_keys(run, paths, runtime, place)
     finally:
-        inputs.draft_size_for = real
+        sources.draft_size_for = real
     assert len(out.positions) == len(paths), f"{len(out.skipped)} skipped: {out.skipped[:2]}"
 
 

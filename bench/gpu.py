@@ -89,7 +89,7 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
     sync(device)
     start = time.perf_counter()
     step = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_all), device=device)
         for i in range(steps):
@@ -125,7 +125,7 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
 def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) -> None:
     from pixdex.data.sources import TensorSource
     from pixdex.retrieval.models import open_model
-    from pixdex.recognition.classify import autocast
+    from pixdex.pipeline.inference import autocast
 
     place = placement(device, "auto", notify=lambda m: None)
     for name in models:

@@ -31,7 +31,7 @@ from pixdex import api
 from pixdex.data.datasets import open_dataset
 from pixdex.device import placement
 from pixdex.data.sources import TensorSource
-from pixdex.recognition.classify import run_inference
+from pixdex.pipeline.inference import run_inference
 from pixdex.retrieval.metrics import Side, evaluate
 from pixdex.pipeline.runs import load_run
 from pixdex.recognition.train import train
@@ -49,7 +49,7 @@ def embed_split(run_dir: Path, pset, images: torch.Tensor, device: str) -> np.nd
     place = placement(device, "auto", notify=lambda m: None)
     source = TensorSource(images, torch.zeros(len(images), dtype=torch.long), run.transform, batch_size=1024,
                           device=place.device)
-    return run_inference(run, source, place, want_logits=False).embeddings
+    return run_inference(run.pipeline, run.transform, source, place, want_logits=False).embeddings
 
 
 def train_and_embed(name: str, spec: str, pset, config, tensors: dict, root: Path, device: str) -> dict:

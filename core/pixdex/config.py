@@ -232,14 +232,20 @@ def validate_component(section: str, values: Mapping[str, Any], registry: Regist
     return out
 
 
+# keys a command on a saved run or index may still set: where and how it runs, and the
+# image-size guard of its input (neither changes the model)
+RUN_FREE_KEYS: frozenset[tuple[str, str]] = frozenset({("data", "max_pixels")})
+
+
 def runtime_overrides_only(layer: Layer, what: str) -> None:
-    """For commands on a saved run: only [runtime] keys may change (the model is fixed)."""
+    """For commands on a saved run: only [runtime] keys (and data.max_pixels) may change (the model is fixed)."""
     for section, values in layer.items():
+        values = {k: v for k, v in values.items() if (section, k) not in RUN_FREE_KEYS}
         if section != "runtime" and values:
             keys = ", ".join(f"{section}.{k}" for k in values)
             raise UsageError(
                 f"{what} uses the saved run's configuration; only runtime keys "
-                f"({', '.join(RUNTIME_KEYS)}) can be overridden, not {keys}"
+                f"({', '.join(RUNTIME_KEYS)}) and data.max_pixels can be overridden, not {keys}"
             )
 
 

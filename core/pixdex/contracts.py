@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 # (path or key, class name or None): labels are matched to a run's classes by name
 Item = tuple[str, Optional[str]]
 
+# The similarity measures every index supports and every score follows (higher is more
+# similar): cosine similarity, minus the euclidean distance, the inner product.
+METRICS: tuple[str, ...] = ("cosine", "l2", "ip")
+
 
 @dataclass(frozen=True)
 class DataInfo:

@@ -1,13 +1,31 @@
-"""Device and precision choice. torch is imported only when a device is actually resolved."""
+"""Device and precision choice: the one place that decides where each process runs.
+
+Training, embedding, evaluation, search and the process world's collectives all resolve
+their device here (:func:`placement`, :func:`process_device`), so a process under torchrun
+on GPUs always lands on ``cuda:LOCAL_RANK``. torch is imported only when a device is
+actually resolved.
+"""
 
 from __future__ import annotations
 
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from pixdex.errors import DeviceError, UsageError
+
+
+class World(Protocol):
+    """What placement needs of :class:`pixdex.world.World` (a protocol, so that the world's
+    own collectives can ask this module for their device without an import circle)."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def distributed(self) -> bool: ...
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -100,9 +118,32 @@ def resolve_precision(spec: str, device: str) -> str:
     return spec
 
 
-def placement(device: str = "auto", precision: str = "auto", *, notify: Callable[[str], None] | None = None) -> Placement:
-    """Resolve device and precision together; channels_last is used on CUDA only."""
-    dev = resolve_device(device, notify=notify)
+def rank_device_spec(spec: str, world: World | None) -> str:
+    """The device spec of this process: under torchrun with CUDA, ``auto`` and ``cuda`` mean
+    ``cuda:LOCAL_RANK`` (one GPU per process, the one DDP and nccl expect). An explicit
+    ``cuda:N``, ``cpu`` or ``mps`` is kept; a single process is unchanged."""
+    spec = check_device_spec(spec)
+    if world is None or not world.distributed or spec not in ("auto", "cuda"):
+        return spec
+    import torch
+
+    return f"cuda:{world.local_rank}" if torch.cuda.is_available() else spec
+
+
+def process_device(spec: str, world: World | None = None, *, notify: Callable[[str], None] | None = None) -> str:
+    """:func:`resolve_device` for this process of ``world`` (see :func:`rank_device_spec`)."""
+    ranked = rank_device_spec(spec, world)
+    if ranked != check_device_spec(spec) and world is not None:
+        (notify or (lambda line: print(line, file=sys.stderr)))(
+            f"pixdex: device {spec} -> {ranked} (process {world.rank} of {world.size})")
+    return resolve_device(ranked, notify=notify)
+
+
+def placement(device: str = "auto", precision: str = "auto", *, world: World | None = None,
+              notify: Callable[[str], None] | None = None) -> Placement:
+    """Resolve device and precision together for this process of ``world`` (default: a
+    single process); channels_last is used on CUDA only."""
+    dev = process_device(device, world, notify=notify)
     prec = resolve_precision(precision, dev)
     return Placement(dev, prec, channels_last=dev.startswith("cuda"))
 

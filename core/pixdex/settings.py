@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pixdex.contracts import METRICS
+
+# Pillow's own threshold (it warns above it and refuses above twice it); data.max_pixels
+# defaults to it. A 200-megapixel declaration is refused before decoding.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass
@@ -46,7 +51,7 @@ class DataSettings:
 
     labels: Literal["auto", "folder", "none"] = "auto"
     val_fraction: float = 0.1
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refused before decoding (decompression bombs)
     strict_images: bool = False  # any skipped image makes the command fail
 
 
@@ -54,7 +59,7 @@ class DataSettings:
 class RetrievalSettings:
     """[retrieval]: how embeddings are compared and searched."""
 
-    metric: Literal["auto", "cosine", "l2", "ip"] = "auto"  # auto: the model's loss decides (cosine)
+    metric: Literal[("auto", *METRICS)] = "auto"  # auto: the model's loss decides (cosine)
     k: int = 10  # neighbours returned by search
     chunk_size: int = 4096  # gallery rows per block in exact evaluation (memory bound; >= 1)
 

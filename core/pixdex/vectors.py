@@ -1,7 +1,7 @@
 """Checks and normalisation of embedding matrices, shared by index plugins.
 
-Imported by the plugins' index modules only (never at `pixdex --help` time), so numpy is
-imported here at module level.
+Plugins reach it through :mod:`pixdex.plugin_api` (lazily: never at `pixdex --help`
+time), so numpy is imported here at module level.
 """
 
 from __future__ import annotations
@@ -9,6 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from pixdex.contracts import METRICS
+
+
+def check_metric(metric: str, index_name: str) -> str:
+    """``metric`` when it is one of :data:`pixdex.contracts.METRICS`, else ValueError."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} for index '{index_name}': use one of {', '.join(METRICS)}")
+    return metric
+
+
+def check_dim(dim: Any, index_name: str) -> int:
+    """``dim`` when it is a positive integer, else ValueError."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"index '{index_name}' needs a positive integer dim, got {dim!r}")
+    return dim
 
 
 def check_matrix(array: Any, dim: int, what: str) -> np.ndarray:

@@ -56,10 +56,12 @@ class World:
         return box[0]
 
     def _reduce_device(self) -> str:
-        import torch
+        """nccl reduces tensors on this process's GPU, gloo on the CPU."""
         import torch.distributed as dist
 
-        return f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" and torch.cuda.is_available() else "cpu"
+        from pixdex.device import process_device
+
+        return process_device("cuda" if dist.get_backend() == "nccl" else "cpu", self, notify=lambda line: None)
 
     def close(self) -> None:
         if self.distributed:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
-from pixdex.optional import import_optional
+from pixdex.plugin_api import import_optional
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
 
     from pixdex_annoy.index import AnnoyIndex
 
@@ -58,10 +58,8 @@ def make_annoy(options: AnnoyOptions, *, dim: int, metric: str) -> AnnoyIndex:
         problems.append(f"'seed' must be in [0, 2**32), got {options.seed}")  # annoy's seed is uint32
     if problems:
         raise ConfigError("index 'annoy' option " + "; ".join(problems))
-    from pixdex_annoy.index import METRICS, AnnoyIndex
+    from pixdex_annoy.index import AnnoyIndex
 
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} for index 'annoy': use one of {', '.join(METRICS)}")
     annoy = import_optional("annoy", "the 'annoy' index")
     return AnnoyIndex(
         annoy, dim=dim, metric=metric, n_trees=options.n_trees, search_k=options.search_k,

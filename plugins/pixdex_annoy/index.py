@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
-from pixdex.vectors import check_matrix, normalise
+from pixdex.plugin_api import check_dim, check_matrix, check_metric, normalise
 
-METRICS: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
+ANNOY_METRIC: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
 INDEX_FILE = "index.ann"
 META_FILE = "annoy.json"
 
@@ -48,13 +48,9 @@ class AnnoyIndex:
         seed: int = 0,
         build_threads: int = 1,
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r} for index 'annoy': use one of {', '.join(METRICS)}")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"index 'annoy' needs a positive integer dim, got {dim!r}")
         self._annoy_module = annoy
-        self.dim = dim
-        self.metric = metric
+        self.dim = check_dim(dim, "annoy")
+        self.metric = check_metric(metric, "annoy")
         self.n_trees = n_trees
         self.search_k = search_k  # -1 until the build tunes it
         self.target_recall = target_recall
@@ -90,7 +86,7 @@ class AnnoyIndex:
             raise ValueError("cannot build index 'annoy' from 0 vectors")
         if self.metric == "cosine":
             vectors = normalise(vectors)
-        index = self._annoy_module.AnnoyIndex(self.dim, METRICS[self.metric])
+        index = self._annoy_module.AnnoyIndex(self.dim, ANNOY_METRIC[self.metric])
         index.set_seed(self.seed)
         for i, row in enumerate(vectors):
             index.add_item(i, row.tolist())  # a list converts far faster than a numpy row
@@ -203,7 +199,7 @@ class AnnoyIndex:
         meta = {
             "dim": self.dim,
             "metric": self.metric,
-            "annoy_metric": METRICS[self.metric],
+            "annoy_metric": ANNOY_METRIC[self.metric],
             "n_items": self.n_items,
             **self.params,
         }
@@ -223,7 +219,7 @@ class AnnoyIndex:
                 f"{dir / META_FILE} describes dim {meta.get('dim')} metric {meta.get('metric')!r}, "
                 f"but this index has dim {self.dim} metric {self.metric!r}"
             )
-        index = self._annoy_module.AnnoyIndex(self.dim, METRICS[self.metric])
+        index = self._annoy_module.AnnoyIndex(self.dim, ANNOY_METRIC[self.metric])
         index.load(str(dir / INDEX_FILE), prefault=not mmap)
         if index.get_n_items() != meta["n_items"]:
             raise ValueError(f"{dir / INDEX_FILE} holds {index.get_n_items()} items, annoy.json says {meta['n_items']}")

@@ -7,12 +7,17 @@ the chosen one misses the target.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pixdex_annoy.index import AnnoyIndex
+
+class Searchable(Protocol):
+    """What recall measurement needs of an index: its metric and a search at a given effort."""
+
+    metric: str
+
+    def search_with(self, queries: np.ndarray, k: int, search_k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 TUNE_K = 10  # recall is measured at 10, the usual "top of the page"
 _EXACT_CHUNK = 16384  # gallery rows per brute-force step: sample x chunk float64 scores
@@ -74,7 +79,7 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) ->
 
 
 def measure_recall(
-    index: AnnoyIndex,
+    index: Searchable,
     vectors: np.ndarray,
     sample: np.ndarray,
     search_k: int,

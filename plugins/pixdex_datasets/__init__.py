@@ -23,7 +23,7 @@ from pixdex_datasets.idx import IdxDataset, IdxOptions, detect_idx, make_idx
 from pixdex_datasets.listfile import ListFileDataset, ListFileOptions, detect_csv, detect_jsonl, make_csv, make_jsonl
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
 
 __all__ = [
     "register_datasets", "IdxDataset", "FolderDataset", "CollectionDataset", "ListFileDataset",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from pixdex.components import natural_key
-from pixdex.contracts import Item
-from pixdex.errors import PixdexError
+from pixdex.plugin_api import natural_key
+from pixdex.plugin_api import Item
+from pixdex.plugin_api import PixdexError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 

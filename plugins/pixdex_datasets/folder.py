@@ -20,9 +20,9 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from pixdex.contracts import Item
-from pixdex.errors import PixdexError
-from pixdex.data.images import has_image_extension, list_images, skip_entry
+from pixdex.plugin_api import Item
+from pixdex.plugin_api import PixdexError
+from pixdex.plugin_api import has_image_extension, list_images, skip_entry
 
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path
 

@@ -26,8 +26,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from pixdex.contracts import Item
-from pixdex.errors import PixdexError
+from pixdex.plugin_api import Item
+from pixdex.plugin_api import PixdexError
 
 from pixdex_datasets.base import existing_path, sort_classes
 

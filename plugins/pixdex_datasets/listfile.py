@@ -17,9 +17,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from pixdex.contracts import Item
-from pixdex.errors import PixdexError
-from pixdex.data.images import skip_entry
+from pixdex.plugin_api import Item
+from pixdex.plugin_api import PixdexError
+from pixdex.plugin_api import skip_entry
 
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path, optional_label
 

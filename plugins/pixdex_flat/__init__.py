@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError, resolve_device
 from pixdex.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
 
     from pixdex_flat.index import FlatIndex
 
@@ -37,15 +37,11 @@ class FlatOptions:
 
 def make_flat(options: FlatOptions, *, dim: int, metric: str) -> FlatIndex:
     """Factory for ``flat``: check the options and resolve the device (imports torch)."""
-    from pixdex.device import resolve_device
-
-    from pixdex_flat.index import METRICS, FlatIndex
+    from pixdex_flat.index import FlatIndex
 
     for key in ("chunk_size", "query_chunk"):
         if getattr(options, key) < 1:
             raise ConfigError(f"index 'flat' option '{key}' must be at least 1, got {getattr(options, key)}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r} for index 'flat': use one of {', '.join(METRICS)}")
     # the core's resolver gives 'auto' and one-line errors for absent devices
     device = resolve_device(options.device)
     return FlatIndex(dim=dim, metric=metric, device=device, chunk_size=options.chunk_size,

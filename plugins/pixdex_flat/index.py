@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pixdex.vectors import check_matrix, normalise
+from pixdex.plugin_api import check_dim, check_matrix, check_metric, normalise
 
-METRICS: tuple[str, ...] = ("cosine", "l2", "ip")
 FILE = "flat.npy"
 # l2 scores are recomputed exactly for the final top-k; this bounds that step's scratch
 # memory (queries x k x dim floats) to about 16 MiB per block
@@ -32,12 +31,8 @@ class FlatIndex:
 
     def __init__(self, *, dim: int, metric: str, device: str = "cpu", chunk_size: int = 65536,
                  query_chunk: int = 1024) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r} for index 'flat': use one of {', '.join(METRICS)}")
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"index 'flat' needs a positive integer dim, got {dim!r}")
-        self.dim = dim
-        self.metric = metric
+        self.dim = check_dim(dim, "flat")
+        self.metric = check_metric(metric, "flat")
         self.device = device
         self.chunk_size = chunk_size
         self.query_chunk = query_chunk

@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
     from pixdex_losses.arcface import ArcFace
     from pixdex_losses.cross_entropy import CrossEntropy
     from pixdex_losses.supcon import SupCon

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
-    from pixdex.contracts import DataInfo
+    from pixdex.plugin_api import Register
+    from pixdex.plugin_api import DataInfo
     from pixdex_simple_cnn.model import SimpleCNN
 
 __all__ = ["SimpleCNNOptions", "make_simple_cnn", "resolve_input_size", "register_backbones"]

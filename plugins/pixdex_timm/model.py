@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixdex.errors import ConfigError, PixdexError, suggest
+from pixdex.plugin_api import ConfigError, PixdexError, check_weights_fit, suggest
+from pixdex_timm.lite import load_lite_pretrained
+from pixdex_timm.options import LITE_MODELS, TimmOptions
+from pixdex_timm.weights import adapt_first_conv, create_hub_pretrained, read_state_dict, strip_prefix
 
 if TYPE_CHECKING:
-    from pixdex.contracts import DataInfo
-    from pixdex_timm import TimmOptions
+    from pixdex.plugin_api import DataInfo
 
 
 class TimmBackbone(nn.Module):
@@ -112,8 +114,6 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
     """Create the timm model, load its weights (see the package docstring), wrap it."""
     import timm
 
-    from pixdex_timm import LITE_MODELS
-    from pixdex_timm.weights import create_hub_pretrained, load_weights_file
 
     name = options.model.strip()
     arch = resolve_model_name(name)
@@ -140,8 +140,6 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
     backbone = TimmBackbone(body, model_name=name, embed_dim=options.embed_dim,
                             data_config=data_config_of(body, in_chans, size))
     if lite:
-        from pixdex_timm.lite import load_lite_pretrained
-
         backbone.classifier_state = load_lite_pretrained(body, arch)
         source = f"pretrained ({arch} ImageNet checkpoint from pixdex[pretrained])"
     elif options.weights:
@@ -149,3 +147,53 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
         source = f"weights file {options.weights}"
     backbone.weights_source = source
     return backbone
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def load_weights_file(backbone: TimmBackbone, path: str, *, trust: bool = False) -> dict[str, torch.Tensor] | None:
+    """Load ``path`` into ``backbone``; return the file's classifier weights, if any.
+
+    Accepts timm's own layout (``conv1.weight``, ...: loaded into ``backbone.body``), this
+    backbone's (``body.*``, ``proj.*``) and a pixdex run's ``model.safetensors``
+    (``backbone.*`` with ``head.*`` ignored). A ``module.`` prefix (DistributedDataParallel)
+    is stripped; the classifier that a ``num_classes=0`` model lacks is set aside; a
+    3-channel first convolution is adapted to the model's ``in_chans``. Anything else that
+    does not match is an error listing the keys.
+    """
+    tensors = strip_prefix(read_state_dict(path, trust=trust), "module.")
+    if any(k.startswith("backbone.") for k in tensors) and all(k.startswith(("backbone.", "head.")) for k in tensors):
+        tensors = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    body = backbone.body
+    wrapped = bool(tensors) and all(k.startswith(("body.", "proj.")) for k in tensors)
+    target: nn.Module = backbone if wrapped else body
+    prefix = "body." if wrapped else ""
+    own = target.state_dict()
+    cfg = dict(getattr(body, "pretrained_cfg", None) or {})
+
+    classifier_state = None
+    heads = _names(cfg.get("classifier"))
+    for head in heads:
+        extra = {k for k in tensors if k.startswith(f"{prefix}{head}.") and k not in own}
+        if not extra:
+            continue
+        parts = {k[len(prefix) + len(head) + 1:]: tensors.pop(k) for k in extra}
+        if len(heads) == 1 and set(parts) <= {"weight", "bias"} and "weight" in parts and parts["weight"].ndim == 2:
+            classifier_state = parts
+
+    for conv in _names(cfg.get("first_conv")):
+        key = f"{prefix}{conv}.weight"
+        if key in tensors and key in own:
+            tensors[key] = adapt_first_conv(tensors[key], own[key])
+
+    # some exporters drop BatchNorm's step counters; they do not change what the model computes
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in tensors:
+            tensors[key] = value
+    check_weights_fit(target, tensors, f"weights file {path} for timm:{backbone.model_name}")
+    target.load_state_dict(tensors)
+    return classifier_state

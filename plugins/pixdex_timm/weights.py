@@ -15,16 +15,14 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from pixdex.errors import ArtifactError, ConfigError, PixdexError
+from pixdex.plugin_api import ArtifactError, ConfigError, PixdexError, load_safetensors
 
-if TYPE_CHECKING:
-    from pixdex_timm.model import TimmBackbone
 
 # where a training checkpoint usually keeps its model's state dict
 NESTED_KEYS: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "state_dict_ema")
@@ -139,69 +137,15 @@ def state_dict_from(obj: Any, where: str) -> dict[str, torch.Tensor]:
 def read_state_dict(path: str, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or PyTorch weights file (see :func:`torch_load`)."""
     if path.lower().endswith(".safetensors"):
-        from pixdex.artifacts import load_safetensors
-
         tensors, _ = load_safetensors(path, "weights file")
         return tensors
     return state_dict_from(torch_load(path, trust=trust), f"weights file {path}")
 
 
-def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if tensors and all(k.startswith(prefix) for k in tensors):
         return {k[len(prefix):]: v for k, v in tensors.items()}
     return tensors
-
-
-def _names(value: Any) -> list[str]:
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def load_weights_file(backbone: TimmBackbone, path: str, *, trust: bool = False) -> dict[str, torch.Tensor] | None:
-    """Load ``path`` into ``backbone``; return the file's classifier weights, if any.
-
-    Accepts timm's own layout (``conv1.weight``, ...: loaded into ``backbone.body``), this
-    backbone's (``body.*``, ``proj.*``) and a pixdex run's ``model.safetensors``
-    (``backbone.*`` with ``head.*`` ignored). A ``module.`` prefix (DistributedDataParallel)
-    is stripped; the classifier that a ``num_classes=0`` model lacks is set aside; a
-    3-channel first convolution is adapted to the model's ``in_chans``. Anything else that
-    does not match is an error listing the keys.
-    """
-    from pixdex.pipeline.runs import check_weights_fit
-
-    tensors = _strip(read_state_dict(path, trust=trust), "module.")
-    if any(k.startswith("backbone.") for k in tensors) and all(k.startswith(("backbone.", "head.")) for k in tensors):
-        tensors = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-    body = backbone.body
-    wrapped = bool(tensors) and all(k.startswith(("body.", "proj.")) for k in tensors)
-    target: nn.Module = backbone if wrapped else body
-    prefix = "body." if wrapped else ""
-    own = target.state_dict()
-    cfg = dict(getattr(body, "pretrained_cfg", None) or {})
-
-    classifier_state = None
-    heads = _names(cfg.get("classifier"))
-    for head in heads:
-        extra = {k for k in tensors if k.startswith(f"{prefix}{head}.") and k not in own}
-        if not extra:
-            continue
-        parts = {k[len(prefix) + len(head) + 1:]: tensors.pop(k) for k in extra}
-        if len(heads) == 1 and set(parts) <= {"weight", "bias"} and "weight" in parts and parts["weight"].ndim == 2:
-            classifier_state = parts
-
-    for conv in _names(cfg.get("first_conv")):
-        key = f"{prefix}{conv}.weight"
-        if key in tensors and key in own:
-            tensors[key] = adapt_first_conv(tensors[key], own[key])
-
-    # some exporters drop BatchNorm's step counters; they do not change what the model computes
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in tensors:
-            tensors[key] = value
-    check_weights_fit(target, tensors, f"weights file {path} for timm:{backbone.model_name}")
-    target.load_state_dict(tensors)
-    return classifier_state
 
 
 def adapt_first_conv(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
     from pixdex_transforms.transform import ImageTransform
 
 __all__ = ["INTERPOLATIONS", "StandardOptions", "AugmentOptions", "make_standard", "make_augment",

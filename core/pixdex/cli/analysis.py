@@ -8,9 +8,8 @@ import click
 
 from pixdex import api
 from pixdex.cli.app import App, pass_app
-from pixdex.cli.options import flags_layer
-from pixdex.cli.output import emit, format_options, resolve_format
-from pixdex.cli.recognition import runtime_options, write_skips
+from pixdex.cli.options import runtime_for, runtime_options
+from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 
 METRIC_ROWS = ("map", "precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "map_at_r", "queries",
                "queries_without_relevant", "excluded_same_sha256", "gallery", "metric", "ann_recall_at_10")
@@ -79,9 +78,7 @@ def evaluate_retrieval_cmd(app: App, index_dir: str, queries: tuple[str, ...], l
     """
     from pixdex.retrieval.metrics import evaluate_index
 
-    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="evaluate-retrieval")
-    if params.get("max_pixels"):
-        runtime["max_pixels"] = params["max_pixels"]
+    runtime = runtime_for(app, params, sets, "evaluate-retrieval")
     chunk_size = chunk_size or _retrieval_setting(app, "chunk_size")
     report, skipped = evaluate_index(index_dir, list(queries), app.plugins, runtime, leave_one_out=leave_one_out,
                                      use_index=use_index, chunk_size=chunk_size, labels=labels, split=split,

@@ -9,9 +9,15 @@ import csv
 import io
 import json
 import sys
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
+
+from pixdex.errors import PixdexError
+
+if TYPE_CHECKING:
+    from pixdex.cli.app import App
 
 FORMATS = ("table", "json", "jsonl", "csv")
 
@@ -108,3 +114,20 @@ def note(message: str, *, quiet: bool = False) -> None:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def write_skips(app: App, skipped: list[dict[str, Any]], target: str | None, strict: bool) -> None:
+    """Report skipped images on stderr (and to --skipped FILE); exit 1 under --strict-images."""
+    if target:
+        from pixdex.artifacts import atomic_write_bytes, jsonl_bytes
+
+        atomic_write_bytes(Path(target), jsonl_bytes(skipped))
+    if skipped:
+        where = f" (details in {target})" if target else ""
+        app.note(f"pixdex: skipped {len(skipped)} image(s){where}:")
+        for entry in skipped[:20]:
+            app.note(f"  {entry['path']}: {entry['reason']}" + (f" ({entry['detail']})" if entry.get("detail") else ""))
+        if len(skipped) > 20:
+            app.note(f"  ... and {len(skipped) - 20} more")
+        if strict:
+            raise PixdexError(f"{len(skipped)} image(s) skipped and --strict-images is set")

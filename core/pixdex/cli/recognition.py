@@ -9,53 +9,9 @@ import click
 
 from pixdex import api
 from pixdex.cli.app import App, pass_app
-from pixdex.cli.options import component_options, config_options, flags_layer
-from pixdex.cli.output import emit, format_options, resolve_format
-from pixdex.errors import PixdexError
-
-
-def runtime_options(func: Any) -> Any:
-    """Runtime-only options for commands that use a saved run."""
-    for option in reversed([
-        click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [env PIXDEX_DEVICE]."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-                     help="Numeric precision for inference."),
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
-        click.option("--set", "sets", multiple=True, metavar="runtime.KEY=VALUE",
-                     help="Override a [runtime] key (the run's model settings are fixed)."),
-        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                     help="Refuse images larger than this many pixels (decompression bombs)."),
-        click.option("--skipped", "skipped_file", type=click.Path(dir_okay=False), default=None,
-                     help="Write the skip report (JSON lines: path, reason, detail) to this file."),
-        click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
-    ]):
-        func = option(func)
-    return func
-
-
-def write_skips(app: App, skipped: list[dict[str, Any]], target: str | None, strict: bool) -> None:
-    """Report skipped images on stderr (and to --skipped FILE); exit 1 under --strict-images."""
-    if target:
-        from pixdex.artifacts import atomic_write_bytes, jsonl_bytes
-
-        atomic_write_bytes(Path(target), jsonl_bytes(skipped))
-    if skipped:
-        where = f" (details in {target})" if target else ""
-        app.note(f"pixdex: skipped {len(skipped)} image(s){where}:")
-        for entry in skipped[:20]:
-            app.note(f"  {entry['path']}: {entry['reason']}" + (f" ({entry['detail']})" if entry.get("detail") else ""))
-        if len(skipped) > 20:
-            app.note(f"  ... and {len(skipped) - 20} more")
-        if strict:
-            raise PixdexError(f"{len(skipped)} image(s) skipped and --strict-images is set")
-
-
-def _runtime(app: App, params: dict[str, Any], sets: tuple[str, ...], what: str) -> dict[str, Any]:
-    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what=what)
-    if params.get("max_pixels"):
-        runtime["max_pixels"] = params["max_pixels"]
-    return runtime
+from pixdex.cli.options import (component_options, config_options, flags_layer, max_pixels_option, runtime_for,
+                                runtime_options)
+from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 
 
 @click.command("train")
@@ -74,7 +30,7 @@ def _runtime(app: App, params: dict[str, Any], sets: tuple[str, ...], what: str)
               help="Stratified fraction of the training split held out for validation (default 0.1).")
 @click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default=None,
               help="How labels are read from a plain path: auto-detect, one subfolder per class, or none.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images.")
+@max_pixels_option
 @click.option("--resume", is_flag=True, help="Continue the run in -o from its last complete epoch.")
 @click.option("--force", is_flag=True, help="Replace an existing run in -o.")
 @click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped.")
@@ -103,7 +59,7 @@ def train_cmd(app: App, data: str, run_dir: str, config_file: str | None, preset
         app.quiet = True  # one voice: the main process reports
     flags = flags_layer(params)
     for key, section in (("epochs", "train"), ("lr", "train"), ("optimizer", "train"), ("seed", "train"),
-                         ("val_fraction", "data"), ("labels", "data"), ("max_pixels", "data")):
+                         ("val_fraction", "data"), ("labels", "data")):
         if params.get(key) is not None:
             flags.setdefault(section, {})[key] = params[key]
     if strict_images:
@@ -154,7 +110,7 @@ def evaluate_cmd(app: App, run_dir: str, data: str, split: str | None, labels: s
     and F1, and the confusion matrix. Uses DATA's test split when it has one."""
     from pixdex.recognition.classify import evaluate
 
-    runtime = _runtime(app, params, sets, "evaluate")
+    runtime = runtime_for(app, params, sets, "evaluate")
     report = evaluate(run_dir, data, app.plugins, runtime, split=split, labels=labels,
                       max_pixels=runtime["max_pixels"], notify=app.note)
     write_skips(app, report.pop("_skipped_entries"), skipped_file, strict_images)
@@ -192,7 +148,7 @@ def predict_cmd(app: App, model: str, images: tuple[str, ...], k: int, neighbour
     """
     from pathlib import Path
 
-    runtime = _runtime(app, params, sets, "predict")
+    runtime = runtime_for(app, params, sets, "predict")
     if (Path(model) / "manifest.json").exists():
         from pixdex.retrieval.search import predict_by_neighbours
 

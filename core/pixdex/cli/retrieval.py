@@ -8,11 +8,13 @@ import click
 
 from pixdex import api
 from pixdex.cli.app import App, pass_app
-from pixdex.cli.options import config_options, flags_layer
-from pixdex.cli.output import emit, format_options, resolve_format
-from pixdex.cli.recognition import runtime_options, write_skips
+from pixdex.cli.options import (config_options, flags_layer, max_pixels_option, runtime_for, runtime_options,
+                                skip_report_options)
+from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 from pixdex.config import Config, parse_assignments
+from pixdex.contracts import METRICS
 from pixdex.errors import UsageError
+
 
 def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None,
                   config_file: str | None) -> Config:
@@ -20,8 +22,6 @@ def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str,
     from pixdex.retrieval.models import is_run_folder, model_layer
 
     flags = flags_layer(params)
-    if params.get("index_name"):
-        flags.setdefault("index", {})["name"] = params["index_name"]
     if params.get("metric"):
         flags.setdefault("retrieval", {})["metric"] = params["metric"]
     if is_run_folder(model):
@@ -46,7 +46,7 @@ def _options(app: App, config: Config, params: dict[str, Any], **extra: Any) -> 
     world = world_from_env()  # under torchrun each process embeds one contiguous shard
     if not world.is_main:
         app.quiet = True
-    return Options(runtime=config["runtime"], max_pixels=params.get("max_pixels") or config["data"]["max_pixels"],
+    return Options(runtime=config["runtime"], max_pixels=config["data"]["max_pixels"],
                    progress=not app.quiet, notify=app.note, world=world, **extra)
 
 
@@ -54,7 +54,7 @@ def index_options(func: Any) -> Any:
     for option in reversed([
         click.option("--index", "index_name", default=None, metavar="NAME",
                      help="The index component (`pixdex list indexes`); default annoy."),
-        click.option("--metric", type=click.Choice(["auto", "cosine", "l2", "ip"]), default=None,
+        click.option("--metric", type=click.Choice(["auto", *METRICS]), default=None,
                      help="Similarity; auto uses the model's (cosine for the built-in losses)."),
     ]):
         func = option(func)
@@ -66,10 +66,8 @@ def data_options(func: Any) -> Any:
         click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
                      help="How labels are read from a plain path."),
         click.option("--split", default=None, help="Only this split of DATA (default: all of it)."),
-        click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images."),
-        click.option("--skipped", "skipped_file", type=click.Path(dir_okay=False), default=None,
-                     help="Also write the skip report (JSON lines) to this file."),
-        click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
+        max_pixels_option,
+        skip_report_options,
         click.option("--lock-timeout", type=float, default=60.0, show_default=True,
                      help="Seconds to wait for another writer of the same folder."),
     ]):
@@ -176,8 +174,8 @@ def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_
     then rebuild the ANN structure from the stored embeddings."""
     from pixdex.retrieval.indexing import Options, add
 
-    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="index add")
-    opts = Options(runtime=runtime, max_pixels=params.get("max_pixels") or runtime["max_pixels"], labels=labels,
+    runtime = runtime_for(app, params, sets, "index add")
+    opts = Options(runtime=runtime, max_pixels=runtime["max_pixels"], labels=labels,
                    split=split, progress=not app.quiet, lock_timeout=lock_timeout, notify=app.note)
     result = add(index_dir, data, app.plugins, opts)
     write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
@@ -237,9 +235,9 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
     """
     from pixdex.retrieval.search import search
 
-    runtime = api.runtime_config(app.plugins, flags=flags_layer(params), sets=list(sets), what="search")
+    runtime = runtime_for(app, params, sets, "search")
     rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k or runtime["k"], model=model_override,
-                              max_pixels=params.get("max_pixels") or runtime["max_pixels"], notify=app.note)
+                              max_pixels=runtime["max_pixels"], notify=app.note)
     write_skips(app, skipped, skipped_file, strict_images)
     if html_file:
         from pathlib import Path

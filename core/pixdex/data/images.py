@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from pixdex.components import natural_key
 from pixdex.errors import PixdexError
+from pixdex.settings import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,9 +53,6 @@ REASONS: tuple[str, ...] = (
     "no-labelled-neighbours",  # predict through an index: no labelled neighbour to vote
 )
 
-# Pillow's own threshold (it warns above it and refuses above twice it); the run setting
-# data.max_pixels defaults to the same number. A 200-megapixel declaration is refused.
-DEFAULT_MAX_PIXELS = 89_478_485
 
 _DETAIL_LIMIT = 300
 

@@ -1,4 +1,4 @@
-"""From a DATA spec to batch sources: open the dataset, split it, measure it.
+"""From a DATA spec to the splits of training: open the dataset, split it, measure it.
 
 Shared by train (train/val split of the training split) and evaluate (the test split).
 File datasets are decoded by DataLoader workers; datasets with ``.as_tensors`` never
@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from pixdex.contracts import DataInfo, Dataset, Transform
+from pixdex.contracts import DataInfo, Dataset
 from pixdex.data.datasets import map_labels, open_dataset, stratified_split
 from pixdex.errors import PixdexError
-from pixdex.data.sources import FileSource, TensorSource
 from pixdex.plugins import PluginSet
 
 PROBE_SAMPLE = 256  # images decoded to learn channels, size, mean and std
@@ -39,6 +38,13 @@ class Prepared:
     val: Split
     tensors: tuple[torch.Tensor, torch.Tensor] | None
     skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def images_of(self, split: Split) -> torch.Tensor | None:
+        """The decoded uint8 images of ``split`` when the dataset has tensors (IDX), else None."""
+        if self.tensors is None:
+            return None
+        return self.tensors[0][torch.tensor(split.positions, dtype=torch.long)] if split.positions else \
+            self.tensors[0][:0]
 
 
 def open_labelled(spec: str, pset: PluginSet, labels: str) -> Dataset:
@@ -92,16 +98,3 @@ def measure(prep: Prepared, max_pixels: int, num_classes: int, seed: int) -> Dat
 
     in_chans, native, mean, std = probe_images(prep.train.keys, sample=PROBE_SAMPLE, max_pixels=max_pixels, seed=seed)
     return DataInfo(in_chans, native, num_classes, tuple(mean), tuple(std))
-
-
-def make_source(prep_tensors: tuple[torch.Tensor, torch.Tensor] | None, split: Split, transform: Transform, *,
-                runtime: dict[str, Any], device: str, max_pixels: int, seed: int,
-                opener: Any = None) -> TensorSource | FileSource:
-    """A batch source over one split."""
-    if prep_tensors is not None:
-        images = prep_tensors[0][torch.tensor(split.positions, dtype=torch.long)] if split.positions else \
-            prep_tensors[0][:0]
-        return TensorSource(images, torch.tensor(split.labels, dtype=torch.long), transform,
-                            batch_size=runtime["batch_size"], device=device, seed=seed)
-    return FileSource(split.keys, split.labels, transform, batch_size=runtime["batch_size"], device=device,
-                      workers=runtime["workers"], max_pixels=max_pixels, seed=seed, opener=opener)

@@ -10,7 +10,7 @@ it never round-trips through PIL and can live on the GPU) and :class:`FileSource
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -167,3 +167,17 @@ class FileSource:
             if len(indices) == 0:
                 continue
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), indices)
+
+
+def make_source(keys: Sequence[str], labels: Sequence[int] | None, transform: Transform, *,
+                runtime: Mapping[str, Any], device: str, max_pixels: int, seed: int = 0, opener: Any = None,
+                images: torch.Tensor | None = None) -> TensorSource | FileSource:
+    """The batch source of every command: ``images`` (uint8 [N, C, H, W], already decoded,
+    as IDX datasets give them) when given, else ``keys`` decoded by ``runtime["workers"]``
+    DataLoader workers. ``labels`` default to -1 (unlabelled)."""
+    labels = list(labels) if labels is not None else [-1] * len(keys)
+    if images is not None:
+        return TensorSource(images, torch.tensor(labels, dtype=torch.long), transform,
+                            batch_size=runtime["batch_size"], device=device, seed=seed)
+    return FileSource(list(keys), labels, transform, batch_size=runtime["batch_size"], device=device,
+                      workers=runtime["workers"], max_pixels=max_pixels, seed=seed, opener=opener)

@@ -8,7 +8,6 @@ One epoch: a seeded permutation of the training items, on-device augmentation
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
@@ -23,10 +22,12 @@ import torch
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, load_safetensors, read_json, tensors_to_bytes
 from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from pixdex.config import Config
-from pixdex.device import Placement, placement
+from pixdex.device import placement
 from pixdex.errors import PixdexError, UsageError
+from pixdex.pipeline.inference import autocast, forward_batches
 from pixdex.plugins import PluginSet
-from pixdex.data.prepare import make_source, measure, prepare_training
+from pixdex.data.prepare import measure, prepare_training
+from pixdex.data.sources import make_source
 from pixdex.pipeline.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, RUN_MANIFEST, Pipeline, build_pipeline,
                          data_info_record, now, versions)
 from pixdex.recognition.schedule import lr_factor, make_optimizer, set_lr
@@ -44,16 +45,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
     manifest: dict[str, Any]
-
-
-def autocast(place: Placement) -> Any:
-    if place.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=place.device_type, dtype=place.amp_dtype)
-
-
-def _skips_jsonl(skips: list[dict[str, Any]]) -> bytes:
-    return jsonl_bytes(skips)
 
 
 def _history_csv(rows: list[dict[str, Any]]) -> bytes:
@@ -114,7 +105,7 @@ class Trainer:
     def setup(self) -> None:
         cfg, data = self.config, self.config["data"]
         runtime = cfg["runtime"]
-        self.place = placement(runtime["device"], runtime["precision"], notify=self.notify)
+        self.place = placement(runtime["device"], runtime["precision"], world=self.world, notify=self.notify)
         torch.manual_seed(self.seed)
         self.prep = prepare_training(self.data_spec, self.pset, data, self.seed)
         if len(self.prep.classes) < 2:
@@ -134,8 +125,10 @@ class Trainer:
         self.train_t, self.eval_t, self.data_config = built.train_transform, built.eval_transform, built.data_config
         common = dict(runtime=runtime, device=self.place.device, max_pixels=data["max_pixels"], seed=self.seed,
                       opener=getattr(self.prep.dataset, "image", None))
-        self.train_src = make_source(self.prep.tensors, self.prep.train, self.train_t, **common)
-        self.val_src = make_source(self.prep.tensors, self.prep.val, self.eval_t, **common)
+        self.train_src = make_source(self.prep.train.keys, self.prep.train.labels, self.train_t,
+                                     images=self.prep.images_of(self.prep.train), **common)
+        self.val_src = make_source(self.prep.val.keys, self.prep.val.labels, self.eval_t,
+                                   images=self.prep.images_of(self.prep.val), **common)
         self.optimizer = make_optimizer(self.model, self.t)
         self.pk = self._pk_request()
         if self.pk is not None:  # the loss asks for P classes x K images per batch
@@ -254,21 +247,22 @@ class Trainer:
         return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1) if model.has_classifier else None,
                 "lr": lr, "seconds": round(seconds, 3), "images_per_second": round(n / max(seconds, 1e-9), 1)}
 
-    @torch.no_grad()
     def validate(self) -> dict[str, Any]:
         model, place = self.model, self.place
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)
         mine = torch.arange(len(self.val_src))[self.world.rank::self.world.size]  # counts are summed after
-        for x, y, _ in self.val_src.batches(0, order=mine):
-            if place.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(place):
-                emb = model(self.eval_t.batch(x))
-                loss = model.head(emb, y)
-            correct = (model.logits(emb).argmax(1) == y).sum() if model.has_classifier else torch.zeros((), device=sums.device)
+
+        def loss_and_correct(emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            correct = (model.logits(emb).argmax(1) == y).sum() if model.has_classifier else \
+                torch.zeros((), device=sums.device)
+            return model.head(emb, y), correct
+
+        for _, y, _, (loss, correct) in forward_batches(model, self.eval_t, self.val_src, place, order=mine,
+                                                        also=loss_and_correct):
             n = y.shape[0]
-            sums += torch.stack([loss.double() * n, correct.double().to(sums.device), torch.tensor(float(n), dtype=torch.float64, device=sums.device)])
+            sums += torch.stack([loss.double() * n, correct.double().to(sums.device),
+                                 torch.tensor(float(n), dtype=torch.float64, device=sums.device)])
         loss_sum, correct, n = self.world.sum(sums.tolist())
         if n == 0:
             return {"val_loss": None, "val_accuracy": None}
@@ -332,7 +326,7 @@ class Trainer:
         if improved:
             writer.write_bytes("model.safetensors", tensors_to_bytes(model_state, {"format": "pixdex-model"}))
         writer.write_bytes("history.csv", _history_csv(self.history))
-        writer.write_bytes("skipped.jsonl", _skips_jsonl(self.skipped()))
+        writer.write_bytes("skipped.jsonl", jsonl_bytes(self.skipped()))
         if status == "complete":
             self.plot(writer)
         crash_point("train:checkpoint")

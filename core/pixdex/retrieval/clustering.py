@@ -68,7 +68,7 @@ def kmeans(vectors: np.ndarray, k: int, *, normalise: bool = False, seed: int = 
     assignment = torch.full((n,), -1, dtype=torch.int64, device=device)
     best = torch.zeros(n, dtype=f64, device=device)
     converged, done = False, 0
-    for done in range(1, iterations + 1):
+    for done in range(1, iterations + 1):  # noqa: B007 (read after the loop: iterations run)
         sums = torch.zeros((k, vectors.shape[1]), dtype=f64, device=device)
         counts = torch.zeros(k, dtype=f64, device=device)
         changed = 0

@@ -93,7 +93,7 @@ def group_pairs(n: int, pairs: dict[tuple[int, int], float]) -> list[dict[str, A
     members: dict[int, list[int]] = {}
     high: dict[int, float] = {}
     low: dict[int, float] = {}
-    for (a, b), score in pairs.items():
+    for (a, _b), score in pairs.items():
         root = uf.find(a)
         high[root] = max(high.get(root, -np.inf), score)
         low[root] = min(low.get(root, np.inf), score)

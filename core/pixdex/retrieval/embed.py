@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from pixdex.contracts import Dataset, Item
+from pixdex.data.sources import make_source
 from pixdex.device import Placement
 from pixdex.errors import PixdexError
-from pixdex.data.images import DEFAULT_MAX_PIXELS
-from pixdex.data.sources import FileSource
-from pixdex.plugins import PluginSet
-from pixdex.recognition.classify import autocast
+from pixdex.pipeline.inference import forward_batches, place_model
 from pixdex.pipeline.runs import LoadedRun
+from pixdex.plugins import PluginSet
+from pixdex.settings import DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -90,16 +90,13 @@ class Embedded:
     skipped: list[dict[str, Any]]
 
 
-@torch.no_grad()
 def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], place: Placement, *,
                opener: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                desc: str = "embedding") -> Embedded:
     """Embed ``keys`` in order; every readable image exactly once."""
-    model = run.pipeline.to(place.device).eval()
-    if place.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    source = FileSource(list(keys), [-1] * len(keys), run.transform, batch_size=runtime["batch_size"],
-                        device=place.device, workers=runtime["workers"], max_pixels=max_pixels, opener=opener)
+    model = place_model(run.pipeline, place)
+    source = make_source(keys, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels,
+                         opener=opener)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -107,11 +104,7 @@ def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], pla
         bar = tqdm(total=len(keys), desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
     parts, positions, skipped = [], [], []
     done = 0
-    for x, _, idx in source.batches(0, shuffle=False):
-        if place.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(place):
-            emb = model(run.transform.batch(x))
+    for emb, _, idx, _ in forward_batches(model, run.transform, source, place):
         emb = emb.float().cpu().numpy()
         finite = np.isfinite(emb).all(axis=1)
         for pos in idx[~torch.from_numpy(finite)].tolist():

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pixdex import __version__
+from pixdex.contracts import METRICS
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading, sha256_file
 from pixdex.config import Config
 from pixdex.retrieval.embed import Collection, Embedded, save_npy
@@ -32,7 +33,6 @@ from pixdex.pipeline.runs import LoadedRun, now
 
 INDEX_FORMAT = "pixdex-index"
 INDEX_FORMAT_VERSION = 1
-METRICS = ("cosine", "l2", "ip")
 
 
 def resolve_metric(config: Config, run: LoadedRun) -> str:
@@ -42,14 +42,6 @@ def resolve_metric(config: Config, run: LoadedRun) -> str:
     if metric not in METRICS:
         raise PixdexError(f"Unknown metric '{metric}': use auto, {', '.join(METRICS)}")
     return metric
-
-
-def _items_jsonl(records: list[dict[str, Any]]) -> bytes:
-    return jsonl_bytes(records)
-
-
-def _skipped_jsonl(entries: list[dict[str, Any]]) -> bytes:
-    return _items_jsonl(entries)
 
 
 def read_items(path: Path) -> list[dict[str, Any]]:
@@ -94,8 +86,8 @@ def commit_index(writer: FolderWriter, pset: PluginSet, config: Config, contents
     ann = build_ann(pset, config, contents.embeddings, metric)
     crash_point("index:built")
     save_npy(writer, "embeddings.npy", contents.embeddings)
-    writer.write_bytes("items.jsonl", _items_jsonl(contents.items))
-    writer.write_bytes("skipped.jsonl", _skipped_jsonl(contents.skipped))
+    writer.write_bytes("items.jsonl", jsonl_bytes(contents.items))
+    writer.write_bytes("skipped.jsonl", jsonl_bytes(contents.skipped))
     staging = writer.staging_dir()
     names = ann.save(staging)
     for old in _old_index_files(writer.folder, names):

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pixdex.artifacts import FolderWriter, crash_point, reading
+from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading
 from pixdex.config import Config
 from pixdex.device import placement
 from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
@@ -57,7 +57,7 @@ def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Opt
                     seen.add(sha)
         keep = unique
     world = opts.world
-    place = placement(_rank_device(opts.runtime["device"], world), opts.runtime["precision"], notify=opts.notify)
+    place = placement(opts.runtime["device"], opts.runtime["precision"], world=world, notify=opts.notify)
     lo, hi = contiguous_shard(len(keep), world)
     keys = [coll.items[i][0] for i in keep[lo:hi]]
     embedded = embed_keys(run, keys, opts.runtime, place, opener=coll.opener, max_pixels=opts.max_pixels,
@@ -66,16 +66,6 @@ def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Opt
     if world.distributed:
         embedded = gather_shards(embedded, world, opts.shard_dir)
     return coll, embedded, facts, list(coll.skipped) + embedded.skipped
-
-
-def _rank_device(device: str, world: Any) -> str:
-    """Under torchrun on GPUs, each process takes its own (cuda:LOCAL_RANK)."""
-    if world.distributed and device in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{world.local_rank}"
-    return device
 
 
 def contiguous_shard(n: int, world: Any) -> tuple[int, int]:
@@ -275,16 +265,14 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
     if not opts.world.is_main:
         return {}
     if len(embedded.positions) == 0:
-        from pixdex.recognition.classify import nothing_read
+        from pixdex.data.image_args import nothing_read
 
         raise nothing_read(f"no image of {data_spec}", skipped)
     items = number_rows(new_items(coll, embedded, facts, 0))
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         save_npy(writer, "embeddings.npy", embedded.embeddings)
-        from pixdex.retrieval.index_folder import _items_jsonl
-
-        writer.write_bytes("items.jsonl", _items_jsonl(items))
-        writer.write_bytes("skipped.jsonl", _items_jsonl(skipped))
+        writer.write_bytes("items.jsonl", jsonl_bytes(items))
+        writer.write_bytes("skipped.jsonl", jsonl_bytes(skipped))
         writer.commit(lambda files: {"format": "pixdex-embeddings", "format_version": 1, "created": now(),
                                      "count": len(items), "dim": int(embedded.embeddings.shape[1]),
                                      "model": model_spec, "data": data_spec, "files": files})

@@ -352,7 +352,7 @@ def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, A
             qlabels.append(items[p][1])
             qshas.append(facts[p].get("sha256"))
     if not sum(len(v) for v in vectors):
-        from pixdex.recognition.classify import nothing_read
+        from pixdex.data.image_args import nothing_read
 
         raise nothing_read(f"no query image of {', '.join(specs)}", skipped)
     return Side(np.concatenate(vectors), qlabels, qshas), skipped

@@ -13,7 +13,7 @@ from pixdex.errors import ArtifactError, PixdexError
 from pixdex.retrieval.index_folder import OpenIndex, open_index
 from pixdex.retrieval.models import model_fingerprint
 from pixdex.plugins import PluginSet
-from pixdex.recognition.classify import check_single_image, expand_inputs
+from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
 from pixdex.pipeline.runs import LoadedRun, load_run
 
 
@@ -39,7 +39,7 @@ def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) 
 def embed_queries(run: LoadedRun, queries: list[str], runtime: dict[str, Any], *,
                   max_pixels: int, notify: Callable[[str], None]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     paths, skipped = expand_inputs(queries)
-    if len(queries) == 1 and len(paths) == 1 and not Path(queries[0]).is_dir():
+    if is_single_image(queries, paths):
         check_single_image(paths[0], max_pixels)
     if not paths:
         raise PixdexError("no query images found in " + ", ".join(queries))
@@ -47,8 +47,6 @@ def embed_queries(run: LoadedRun, queries: list[str], runtime: dict[str, Any], *
     embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries")
     skipped += embedded.skipped
     if len(embedded.positions) == 0:
-        from pixdex.recognition.classify import nothing_read
-
         raise nothing_read(f"none of the {len(paths)} query image(s)", skipped)
     return [paths[p] for p in embedded.positions.tolist()], embedded.embeddings, skipped
 

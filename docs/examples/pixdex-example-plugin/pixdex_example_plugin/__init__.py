@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pixdex.errors import ConfigError
+from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # only for the type hint: the core passes the object at run time
-    from pixdex.components import Register
+    from pixdex.plugin_api import Register
 
 __version__ = "0.1.0"
 

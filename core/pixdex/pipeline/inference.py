@@ -1,0 +1,89 @@
+"""The one batched inference loop: embed (and score) every readable item of a source.
+
+Shared by evaluate and predict (logits), embedding and search (embeddings) and training's
+validation (loss and accuracy), so that placement, channels_last, autocast and the eval
+transform are applied the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from pixdex.contracts import Transform
+from pixdex.data.sources import FileSource, TensorSource
+from pixdex.device import Placement
+
+
+def autocast(place: Placement) -> Any:
+    """Mixed precision for ``place`` (bf16/fp16), or a no-op context for fp32."""
+    if place.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=place.device_type, dtype=place.amp_dtype)
+
+
+def place_model(model: torch.nn.Module, place: Placement) -> torch.nn.Module:
+    """``model`` on the placement's device, in eval mode, channels_last where that is used."""
+    model = model.to(place.device).eval()
+    if place.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
+
+
+@torch.no_grad()
+def forward_batches(model: torch.nn.Module, transform: Transform, source: TensorSource | FileSource,
+                    place: Placement, *, order: torch.Tensor | None = None, also: BatchFn | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
+    """``(embeddings, labels, item indices, also(embeddings, labels))`` for every batch.
+
+    ``model`` must already be placed (:func:`place_model`) and in eval mode. ``also`` runs
+    inside the same autocast region as the forward pass (logits, a loss), so its numbers
+    are those of one forward pass, not of a second one in another precision.
+    """
+    for x, y, idx in source.batches(0, shuffle=False, order=order):
+        if place.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(place):
+            emb = model(transform.batch(x))
+            extra = also(emb, y) if also is not None else None
+        yield emb, y, idx, extra
+
+
+@dataclass
+class Outputs:
+    """Per-item results of one inference pass, in source order."""
+
+    indices: np.ndarray  # int64[N]: positions of the items that could be read
+    embeddings: np.ndarray  # float32[N, D]
+    logits: np.ndarray | None  # float32[N, C]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_inference(pipeline: Any, transform: Transform, source: TensorSource | FileSource, place: Placement, *,
+                  want_logits: bool = True) -> Outputs:
+    """Embeddings (and logits when the pipeline classifies) for every readable item."""
+    model = place_model(pipeline, place)
+
+    def logits(emb: torch.Tensor, _: torch.Tensor) -> torch.Tensor | None:
+        return model.logits(emb) if want_logits and model.has_classifier else None
+
+    idx_parts, emb_parts, logit_parts = [], [], []
+    for emb, _, idx, batch_logits in forward_batches(model, transform, source, place, also=logits):
+        idx_parts.append(idx.numpy())
+        emb_parts.append(emb.float().cpu().numpy())
+        if batch_logits is not None:
+            logit_parts.append(batch_logits.float().cpu().numpy())
+    dim = int(pipeline.backbone.embed_dim)
+    return Outputs(
+        np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64),
+        np.concatenate(emb_parts) if emb_parts else np.zeros((0, dim), dtype=np.float32),
+        np.concatenate(logit_parts) if logit_parts else None,
+        list(source.skipped),
+    )
