@@ -30,18 +30,50 @@ def main() -> None:
         for nproc in (1, 2):
             run = Path(tmp) / f"run{nproc}"
             launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-            cmd = [sys.executable, *launcher, "-m", "pixdex", "-q", "train", spec, "-o", str(run),
-                   "--epochs", str(args.epochs), "--device", "cpu", "--workers", "0"]
+            cmd = [
+                sys.executable,
+                *launcher,
+                "-m",
+                "pixdex",
+                "-q",
+                "train",
+                spec,
+                "-o",
+                str(run),
+                "--epochs",
+                str(args.epochs),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - start
-            report = subprocess.run([sys.executable, "-m", "pixdex", "-q", "evaluate", str(run), spec, "--json",
-                                     "--device", "cpu"], check=True, capture_output=True, text=True, env=env)
-            rows[nproc] = {"processes": nproc, "epochs": args.epochs, "test_top1": round(json.loads(report.stdout)["top1"], 4),
-                           "wall_seconds": round(seconds, 1), "command": " ".join(cmd[1:])}
+            report = subprocess.run(
+                [sys.executable, "-m", "pixdex", "-q", "evaluate", str(run), spec, "--json", "--device", "cpu"],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            rows[nproc] = {
+                "processes": nproc,
+                "epochs": args.epochs,
+                "test_top1": round(json.loads(report.stdout)["top1"], 4),
+                "wall_seconds": round(seconds, 1),
+                "command": " ".join(cmd[1:]),
+            }
             print(json.dumps(rows[nproc]), flush=True)
-    print(json.dumps({"bench": "ddp_cpu", "accuracy_gap": round(abs(rows[1]["test_top1"] - rows[2]["test_top1"]), 4),
-                      "time_ratio_2_over_1": round(rows[2]["wall_seconds"] / rows[1]["wall_seconds"], 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "ddp_cpu",
+                "accuracy_gap": round(abs(rows[1]["test_top1"] - rows[2]["test_top1"]), 4),
+                "time_ratio_2_over_1": round(rows[2]["wall_seconds"] / rows[1]["wall_seconds"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,11 @@ def describe(paths: list[str]) -> dict:
         with Image.open(p) as im:
             pixels.append(im.width * im.height)
     size = sum(os.path.getsize(p) for p in paths)
-    return {"files": len(paths), "mean_megapixels": round(float(np.mean(pixels)) / 1e6, 3),
-            "mean_kib": round(size / len(paths) / 1024, 1)}
+    return {
+        "files": len(paths),
+        "mean_megapixels": round(float(np.mean(pixels)) / 1e6, 3),
+        "mean_kib": round(size / len(paths) / 1024, 1),
+    }
 
 
 # --------------------------------------------------------------------------- peers
@@ -136,7 +139,7 @@ class PlainFiles(torch.utils.data.Dataset):
 @torch.no_grad()
 def model_only(model, transform, images: torch.Tensor, bs: int) -> None:
     for i in range(0, len(images), bs):
-        model(transform.batch(images[i:i + bs]))
+        model(transform.batch(images[i : i + bs]))
 
 
 def pixdex_embed(run, paths: list[str], runtime: dict, place, draft: bool) -> None:
@@ -206,10 +209,18 @@ def main() -> None:
     parser.add_argument("--long-sides", default="800,1024,1280,1600")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--draft", choices=["both", "on", "off"], default="both",
-                        help="pixdex runs with JPEG draft decoding on, off, or both side by side")
-    parser.add_argument("--naive-n", type=int, default=320,
-                        help="images for the naive loop, the first ones (0: all n); it is the slowest by far")
+    parser.add_argument(
+        "--draft",
+        choices=["both", "on", "off"],
+        default="both",
+        help="pixdex runs with JPEG draft decoding on, off, or both side by side",
+    )
+    parser.add_argument(
+        "--naive-n",
+        type=int,
+        default=320,
+        help="images for the naive loop, the first ones (0: all n); it is the slowest by far",
+    )
     parser.add_argument("--skip", default="", help="comma-separated peers to leave out: naive, dataloader")
     parser.add_argument("--rounds", type=int, default=4, help="slices the ways take turns on")
     args = parser.parse_args()
@@ -217,9 +228,13 @@ def main() -> None:
 
     paths = make_jpegs(Path(args.out), args.n, [int(s) for s in args.long_sides.split(",")])
     pset = api.load_plugins()
-    config = api.configure(pset, flags={"backbone": {"name": BACKBONE, "pretrained": False},
-                                        "runtime": {"device": "cpu", "workers": args.workers,
-                                                    "batch_size": args.batch_size}})
+    config = api.configure(
+        pset,
+        flags={
+            "backbone": {"name": BACKBONE, "pretrained": False},
+            "runtime": {"device": "cpu", "workers": args.workers, "batch_size": args.batch_size},
+        },
+    )
     run = open_model(BACKBONE, pset, config)
     runtime = dict(config["runtime"])
     place = placement(runtime["device"], runtime["precision"])
@@ -230,10 +245,20 @@ def main() -> None:
     from pixdex.data.sources import draft_size_for
 
     draft_size = draft_size_for(transform)
-    print(json.dumps({"bench": "embed_throughput", "stage": "data", **describe(paths),
-                      "transform": repr(transform), "draft_size": draft_size,
-                      "torch_threads": torch.get_num_threads(), **stage_costs(paths, transform, draft_size)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "embed_throughput",
+                "stage": "data",
+                **describe(paths),
+                "transform": repr(transform),
+                "draft_size": draft_size,
+                "torch_threads": torch.get_num_threads(),
+                **stage_costs(paths, transform, draft_size),
+            }
+        ),
+        flush=True,
+    )
 
     # pre-decoded tensors for the limit (full decode, as the non-draft path gives them)
     images = torch.stack([transform.load(open_image(p)) for p in paths])
@@ -251,7 +276,7 @@ def main() -> None:
     if args.draft in ("both", "off"):
         ways.append("pixdex_nodraft")
     ways += [w for w in ("naive", "dataloader") if w not in skip]
-    naive_paths = paths[:args.naive_n] if args.naive_n else paths
+    naive_paths = paths[: args.naive_n] if args.naive_n else paths
     totals = {w: [0.0, 0.0, 0] for w in ways}  # wall s, cpu s, images
 
     def run_way(way: str, lo: int, hi: int, nlo: int, nhi: int) -> None:
@@ -267,8 +292,11 @@ def main() -> None:
         totals[way][0] += wall
         totals[way][1] += cpu
         totals[way][2] += count
-        print(json.dumps({"way": way, "images": count, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}),
-              file=sys.stderr, flush=True)
+        print(
+            json.dumps({"way": way, "images": count, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}),
+            file=sys.stderr,
+            flush=True,
+        )
 
     rounds = max(1, min(args.rounds, len(paths) // bs))
     for r in range(rounds):
@@ -280,8 +308,14 @@ def main() -> None:
 
     ips = {way: images_done / wall for way, (wall, _, images_done) in totals.items()}
     cpu_ms = {way: 1000 * cpu / images_done for way, (_, cpu, images_done) in totals.items()}
-    record = {"bench": "embed_throughput", "backbone": BACKBONE, "n": len(paths), "batch_size": bs,
-              "workers": args.workers, "draft_size": draft_size}
+    record = {
+        "bench": "embed_throughput",
+        "backbone": BACKBONE,
+        "n": len(paths),
+        "batch_size": bs,
+        "workers": args.workers,
+        "draft_size": draft_size,
+    }
     record.update({f"{name}_images_per_s": round(v, 2) for name, v in ips.items()})
     record.update({f"ratio_{name}": round(v / ips["model_only"], 3) for name, v in ips.items() if name != "model_only"})
     # CPU milliseconds per image (this process + its workers): the work each way costs,

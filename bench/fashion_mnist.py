@@ -52,18 +52,31 @@ def main() -> None:
         result = train(spec, root / f"seed{seed}", pset, config, force=True, notify=lambda m: print(m, file=sys.stderr))
         train_seconds = time.perf_counter() - start
         report = evaluate(root / f"seed{seed}", spec, pset, config["runtime"], notify=lambda m: None)
-        row = {"seed": seed, "epochs": args.epochs, "test_top1": round(report["top1"], 4),
-               "best_val_accuracy": round(max(r["val_accuracy"] for r in result.history), 4),
-               "train_seconds": round(train_seconds, 1),
-               "seconds_per_epoch": round(sum(r["seconds"] for r in result.history) / len(result.history), 1)}
+        row = {
+            "seed": seed,
+            "epochs": args.epochs,
+            "test_top1": round(report["top1"], 4),
+            "best_val_accuracy": round(max(r["val_accuracy"] for r in result.history), 4),
+            "train_seconds": round(train_seconds, 1),
+            "seconds_per_epoch": round(sum(r["seconds"] for r in result.history) / len(result.history), 1),
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
     command = "python bench/fashion_mnist.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     worst = min(r["test_top1"] for r in results)
-    print(json.dumps({"summary": True, "command": command, "worst_test_top1": worst,
-                      "mean_test_top1": round(sum(r["test_top1"] for r in results) / len(results), 4),
-                      "target": args.target, "target_met": worst >= args.target,
-                      "config": config.to_dict()}))
+    print(
+        json.dumps(
+            {
+                "summary": True,
+                "command": command,
+                "worst_test_top1": worst,
+                "mean_test_top1": round(sum(r["test_top1"] for r in results) / len(results), 4),
+                "target": args.target,
+                "target_met": worst >= args.target,
+                "config": config.to_dict(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

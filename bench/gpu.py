@@ -54,19 +54,20 @@ def subset_idx(src: str, dst: Path, n_train: int, n_test: int) -> str:
             head = bytearray(raw[:header])
             head[4:8] = n.to_bytes(4, "big")
             item = 784 if "images" in kind else 1
-            (dst / name).write_bytes(bytes(head) + raw[header:header + n * item])
+            (dst / name).write_bytes(bytes(head) + raw[header : header + n * item])
     return str(dst)
 
 
 def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
     from pixdex.data.prepare import measure, prepare_training
-    from pixdex.recognition.classify import evaluate
     from pixdex.pipeline.runs import build_pipeline
+    from pixdex.recognition.classify import evaluate
     from pixdex.recognition.schedule import lr_factor
     from pixdex.recognition.train import train
 
-    config = api.configure(pset, flags={"runtime": {"device": device, "batch_size": batch_size},
-                                        "train": {"epochs": epochs}})
+    config = api.configure(
+        pset, flags={"runtime": {"device": device, "batch_size": batch_size}, "train": {"epochs": epochs}}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = train(spec, Path(tmp) / "run", pset, config, force=True, progress=False, notify=lambda m: None)
@@ -95,7 +96,7 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
         for i in range(steps):
             for g in opt.param_groups:
                 g["lr"] = t["lr"] * lr_factor(step, total_steps=steps * epochs, warmup_steps=steps, schedule="cosine")
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             x = built.train_transform.batch(x_all[idx].contiguous(memory_format=torch.channels_last))
             with amp:
                 loss = model.head(model(x), y_all[idx])
@@ -112,20 +113,30 @@ def part_a(spec: str, pset, device: str, epochs: int, batch_size: int) -> None:
     correct = 0
     with torch.no_grad(), amp:
         for i in range(0, len(test_x), 1024):
-            x = built.eval_transform.batch(test_x[i:i + 1024].to(device))
-            correct += int((model.logits(model(x)).argmax(1).cpu() == test_y[i:i + 1024]).sum())
-    emit({"part": "a_train", "device": device, "epochs": epochs, "batch_size": batch_size,
-          "pixdex_seconds": round(ours_s, 2), "pixdex_test_top1": round(ours_acc, 4),
-          "pixdex_images_per_s": round(train_images / ours_s, 1),
-          "hand_loop_seconds": round(hand_s, 2), "hand_loop_test_top1": round(correct / len(test_x), 4),
-          "ratio_seconds": round(ours_s / hand_s, 3), "target_ratio": 1.2,
-          "note": "pixdex_seconds includes data loading, validation and per-epoch checkpoints"})
+            x = built.eval_transform.batch(test_x[i : i + 1024].to(device))
+            correct += int((model.logits(model(x)).argmax(1).cpu() == test_y[i : i + 1024]).sum())
+    emit(
+        {
+            "part": "a_train",
+            "device": device,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "pixdex_seconds": round(ours_s, 2),
+            "pixdex_test_top1": round(ours_acc, 4),
+            "pixdex_images_per_s": round(train_images / ours_s, 1),
+            "hand_loop_seconds": round(hand_s, 2),
+            "hand_loop_test_top1": round(correct / len(test_x), 4),
+            "ratio_seconds": round(ours_s / hand_s, 3),
+            "target_ratio": 1.2,
+            "note": "pixdex_seconds includes data loading, validation and per-epoch checkpoints",
+        }
+    )
 
 
 def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) -> None:
     from pixdex.data.sources import TensorSource
-    from pixdex.retrieval.models import open_model
     from pixdex.pipeline.inference import autocast
+    from pixdex.retrieval.models import open_model
 
     place = placement(device, "auto", notify=lambda m: None)
     for name in models:
@@ -147,8 +158,13 @@ def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) 
                 model(ready)
             sync(device)
             model_only = batch_size * batches / (time.perf_counter() - start)
-            source = TensorSource(images, torch.zeros(len(images), dtype=torch.long), run.transform,
-                                  batch_size=batch_size, device=place.device)
+            source = TensorSource(
+                images,
+                torch.zeros(len(images), dtype=torch.long),
+                run.transform,
+                batch_size=batch_size,
+                device=place.device,
+            )
             warm, _, _ = next(iter(source.batches(0)))
             model(run.transform.batch(warm)).float()  # the same warm-up the model-only side had
             sync(device)
@@ -159,9 +175,19 @@ def part_b(pset, device: str, batch_size: int, batches: int, models: list[str]) 
                 model(run.transform.batch(x)).float()
             sync(device)
             pipeline = len(images) / (time.perf_counter() - start)
-        emit({"part": "b_embed", "model": name, "device": place.device, "precision": place.precision,
-              "batch_size": batch_size, "model_only_images_per_s": round(model_only, 1),
-              "pixdex_images_per_s": round(pipeline, 1), "ratio": round(pipeline / model_only, 3), "target": 0.9})
+        emit(
+            {
+                "part": "b_embed",
+                "model": name,
+                "device": place.device,
+                "precision": place.precision,
+                "batch_size": batch_size,
+                "model_only_images_per_s": round(model_only, 1),
+                "pixdex_images_per_s": round(pipeline, 1),
+                "ratio": round(pipeline / model_only, 3),
+                "target": 0.9,
+            }
+        )
 
 
 def part_c(pset, device: str, n: int, queries: int, dim: int) -> None:
@@ -184,8 +210,19 @@ def part_c(pset, device: str, n: int, queries: int, dim: int) -> None:
     ids.cpu(), scores.cpu()
     sync(device)
     raw = queries / (time.perf_counter() - start)
-    emit({"part": "c_flat", "device": device, "gallery": n, "queries": queries, "dim": dim,
-          "flat_qps": round(ours), "raw_torch_qps": round(raw), "ratio": round(ours / raw, 3), "target": 0.9})
+    emit(
+        {
+            "part": "c_flat",
+            "device": device,
+            "gallery": n,
+            "queries": queries,
+            "dim": dim,
+            "flat_qps": round(ours),
+            "raw_torch_qps": round(raw),
+            "ratio": round(ours / raw, 3),
+            "target": 0.9,
+        }
+    )
 
 
 def main() -> None:
@@ -197,17 +234,29 @@ def main() -> None:
     parser.add_argument("--parts", default="abc")
     args = parser.parse_args()
     pset = api.load_plugins()
-    emit({"bench": "gpu", "device": args.device, "small": args.small, "python": platform.python_version(),
-          "torch": torch.__version__,
-          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    emit(
+        {
+            "bench": "gpu",
+            "device": args.device,
+            "small": args.small,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = subset_idx(args.data, Path(tmp) / "fashion-mnist-small", 2000, 500) if args.small else args.data
         spec = f"idx:{data}"
         if "a" in args.parts:
             part_a(spec, pset, args.device, args.epochs or (1 if args.small else 15), 256)
         if "b" in args.parts:
-            part_b(pset, args.device, 8 if args.small else 256, 2 if args.small else 20,
-                   ["timm:tf_efficientnet_lite0", "timm:resnet50"])
+            part_b(
+                pset,
+                args.device,
+                8 if args.small else 256,
+                2 if args.small else 20,
+                ["timm:tf_efficientnet_lite0", "timm:resnet50"],
+            )
         if "c" in args.parts:
             part_c(pset, args.device, 5000 if args.small else 60000, 500 if args.small else 10000, 128)
 

@@ -64,8 +64,9 @@ def gaussian_clusters(n: int, queries: int, dim: int, seed: int = 0) -> tuple[np
     return draw(n), draw(queries), f"gaussian clusters (200 centres, spread 0.3-1.2, seed {seed})"
 
 
-def fashion_projection(folder: str, n: int, queries: int, dim: int,
-                       seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+def fashion_projection(
+    folder: str, n: int, queries: int, dim: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
     from pixdex_datasets.idx import find_idx_files, read_idx
 
     _, files = find_idx_files(folder)
@@ -79,17 +80,20 @@ def fashion_projection(folder: str, n: int, queries: int, dim: int,
     projection = np.random.default_rng(seed).normal(0.0, 1.0 / np.sqrt(dim), (28 * 28, dim)).astype(np.float32)
     rows = (train[:n] - mean) @ projection
     qs = (test[:queries] - mean) @ projection
-    return (rows.astype(np.float32), qs.astype(np.float32),
-            f"Fashion-MNIST pixels (centred) x fixed gaussian projection 784->{dim} (seed {seed})")
+    return (
+        rows.astype(np.float32),
+        qs.astype(np.float32),
+        f"Fashion-MNIST pixels (centred) x fixed gaussian projection 784->{dim} (seed {seed})",
+    )
 
 
 def exact_top(rows_unit: np.ndarray, queries_unit: np.ndarray, k: int) -> np.ndarray:
     out = np.empty((len(queries_unit), k), dtype=np.int64)
     for start in range(0, len(queries_unit), 256):
-        s = queries_unit[start:start + 256] @ rows_unit.T
+        s = queries_unit[start : start + 256] @ rows_unit.T
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1)
-        out[start:start + 256] = np.take_along_axis(part, order, axis=1)
+        out[start : start + 256] = np.take_along_axis(part, order, axis=1)
     return out
 
 
@@ -110,7 +114,7 @@ def paired(ours, theirs, parts: list, rounds: int) -> tuple[float, float]:
     for r in range(rounds):
         for i, part in enumerate(parts):
             order = [(ours, best_ours), (theirs, best_theirs)]
-            for fn, best in (order if (r + i) % 2 == 0 else order[::-1]):
+            for fn, best in order if (r + i) % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
                 fn(part)
                 best[i] = min(best[i], time.perf_counter() - t0)
@@ -160,26 +164,41 @@ def bench_annoy(registry, rows: np.ndarray, queries: np.ndarray, truth: np.ndarr
     same = float(np.mean(plugin_ids == raw_ids))
 
     # one query at a time: plugin search(q[None], k) against get_nns_by_vector, query by query
-    t_p, t_r = paired(lambda q: plugin.search(q[None], K),
-                      lambda q: raw.get_nns_by_vector(q.tolist(), K, search_k, include_distances=True),
-                      list(queries), args.rounds)
+    t_p, t_r = paired(
+        lambda q: plugin.search(q[None], K),
+        lambda q: raw.get_nns_by_vector(q.tolist(), K, search_k, include_distances=True),
+        list(queries),
+        args.rounds,
+    )
     qps_p1, qps_r1 = len(queries) / t_p, len(queries) / t_r
 
     # batched: parts of 50 queries per call (a Python loop over the part for raw)
-    blocks = [queries[i:i + 50] for i in range(0, len(queries), 50)]
+    blocks = [queries[i : i + 50] for i in range(0, len(queries), 50)]
     t_p, t_r = paired(lambda b: plugin.search(b, K), raw_search, blocks, args.rounds)
     qps_pb, qps_rb = len(queries) / t_p, len(queries) / t_r
 
-    emit({"bench": "index_overhead", "index": "annoy", "n_trees": args.n_trees, "search_k": search_k,
-          "build_s_plugin": round(plugin_build, 2), "build_s_raw": round(raw_build, 2),
-          "note_build": "plugin build includes measuring recall on its tune sample",
-          "recall_at_10_plugin": round(recall(plugin_ids, truth), 4),
-          "recall_at_10_raw": round(recall(raw_ids, truth), 4), "identical_ids_fraction": round(same, 4),
-          "qps_single_plugin": round(qps_p1), "qps_single_raw": round(qps_r1),
-          "ratio_single": round(qps_p1 / qps_r1, 3),
-          "qps_batched_plugin": round(qps_pb), "qps_batched_raw": round(qps_rb),
-          "ratio_batched": round(qps_pb / qps_rb, 3),
-          "target": TARGET, "target_met": min(qps_p1 / qps_r1, qps_pb / qps_rb) >= TARGET})
+    emit(
+        {
+            "bench": "index_overhead",
+            "index": "annoy",
+            "n_trees": args.n_trees,
+            "search_k": search_k,
+            "build_s_plugin": round(plugin_build, 2),
+            "build_s_raw": round(raw_build, 2),
+            "note_build": "plugin build includes measuring recall on its tune sample",
+            "recall_at_10_plugin": round(recall(plugin_ids, truth), 4),
+            "recall_at_10_raw": round(recall(raw_ids, truth), 4),
+            "identical_ids_fraction": round(same, 4),
+            "qps_single_plugin": round(qps_p1),
+            "qps_single_raw": round(qps_r1),
+            "ratio_single": round(qps_p1 / qps_r1, 3),
+            "qps_batched_plugin": round(qps_pb),
+            "qps_batched_raw": round(qps_rb),
+            "ratio_batched": round(qps_pb / qps_rb, 3),
+            "target": TARGET,
+            "target_met": min(qps_p1 / qps_r1, qps_pb / qps_rb) >= TARGET,
+        }
+    )
 
     # the default: search_k tuned at build time to the target recall on sampled rows
     t0 = time.perf_counter()
@@ -192,17 +211,25 @@ def bench_annoy(registry, rows: np.ndarray, queries: np.ndarray, truth: np.ndarr
     tk = tuned.search_k
 
     def raw_tuned(batch: np.ndarray) -> list:
-        return [raw.get_nns_by_vector(q.tolist(), K, max(tk, K * args.n_trees), include_distances=True)
-                for q in batch]
+        return [raw.get_nns_by_vector(q.tolist(), K, max(tk, K * args.n_trees), include_distances=True) for q in batch]
 
     t_p, t_r = paired(lambda b: tuned.search(b, K), raw_tuned, blocks, args.rounds)
-    emit({"bench": "index_overhead", "index": "annoy (auto-tuned search_k)", "n_trees": args.n_trees,
-          "search_k_tuned": tk, "target_recall": tuned.target_recall,
-          "recall_at_10_tune_sample": round(tuned.recall_at_10, 4), "tune_queries": tuned.recall_queries,
-          "recall_at_10_heldout": round(recall(tuned_ids, truth), 4),
-          "build_s_with_tuning": round(tuned_build, 2),
-          "qps_batched_plugin": round(len(queries) / t_p), "qps_batched_raw_same_search_k": round(len(queries) / t_r),
-          "ratio_batched": round(t_r / t_p, 3)})
+    emit(
+        {
+            "bench": "index_overhead",
+            "index": "annoy (auto-tuned search_k)",
+            "n_trees": args.n_trees,
+            "search_k_tuned": tk,
+            "target_recall": tuned.target_recall,
+            "recall_at_10_tune_sample": round(tuned.recall_at_10, 4),
+            "tune_queries": tuned.recall_queries,
+            "recall_at_10_heldout": round(recall(tuned_ids, truth), 4),
+            "build_s_with_tuning": round(tuned_build, 2),
+            "qps_batched_plugin": round(len(queries) / t_p),
+            "qps_batched_raw_same_search_k": round(len(queries) / t_r),
+            "ratio_batched": round(t_r / t_p, 3),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- flat
@@ -222,16 +249,26 @@ def bench_flat(registry, rows: np.ndarray, queries: np.ndarray, truth: np.ndarra
 
     # the plugin normalises the queries inside its search; raw gets them normalised beforehand
     # (torch's F.normalize alone costs a quarter of a 20k-row search on a busy CPU)
-    parts = [(queries[i:i + 500], unit(queries[i:i + 500])) for i in range(0, len(queries), 500)]
+    parts = [(queries[i : i + 500], unit(queries[i : i + 500])) for i in range(0, len(queries), 500)]
     plugin_ids, _ = plugin.search(queries, K)  # also the warm-up of both
     raw_ids = np.concatenate([raw_search(u)[0] for _, u in parts])
     t_p, t_r = paired(lambda part: plugin.search(part[0], K), lambda part: raw_search(part[1]), parts, args.rounds)
     qps_p, qps_r = len(queries) / t_p, len(queries) / t_r
-    emit({"bench": "index_overhead", "index": "flat", "device": plugin.device, "batch": min(500, len(queries)),
-          "recall_at_10_plugin": round(recall(plugin_ids, truth), 4),
-          "recall_at_10_raw": round(recall(raw_ids, truth), 4),
-          "qps_batched_plugin": round(qps_p), "qps_batched_raw_torch": round(qps_r),
-          "ratio_batched": round(qps_p / qps_r, 3), "target": TARGET, "target_met": qps_p / qps_r >= TARGET})
+    emit(
+        {
+            "bench": "index_overhead",
+            "index": "flat",
+            "device": plugin.device,
+            "batch": min(500, len(queries)),
+            "recall_at_10_plugin": round(recall(plugin_ids, truth), 4),
+            "recall_at_10_raw": round(recall(raw_ids, truth), 4),
+            "qps_batched_plugin": round(qps_p),
+            "qps_batched_raw_torch": round(qps_r),
+            "ratio_batched": round(qps_p / qps_r, 3),
+            "target": TARGET,
+            "target_met": qps_p / qps_r >= TARGET,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -259,8 +296,18 @@ def main() -> None:
     else:
         rows, queries, what = gaussian_clusters(args.n, args.queries, args.dim)
     truth = exact_top(unit(rows), unit(queries), K)
-    emit({"bench": "index_overhead", "stage": "data", "vectors": what, "n": len(rows), "dim": args.dim,
-          "queries": len(queries), "k": K, "rounds": args.rounds})
+    emit(
+        {
+            "bench": "index_overhead",
+            "stage": "data",
+            "vectors": what,
+            "n": len(rows),
+            "dim": args.dim,
+            "queries": len(queries),
+            "k": K,
+            "rounds": args.rounds,
+        }
+    )
     if "annoy" not in skip:
         with tempfile.TemporaryDirectory() as tmp:
             bench_annoy(registry, rows, queries, truth, args, tmp)

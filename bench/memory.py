@@ -40,24 +40,45 @@ def synthetic_index(folder: Path, n: int, dim: int, classes: int, seed: int) -> 
     """A real index folder (model, manifest, checksums) whose embeddings are synthetic."""
     from pixdex import api
     from pixdex.artifacts import FolderWriter
+    from pixdex.pipeline.runs import now
     from pixdex.retrieval.index_folder import IndexContents, commit_index, number_rows
     from pixdex.retrieval.models import open_model, stage_model
-    from pixdex.pipeline.runs import now
 
     pset = api.load_plugins()
-    config = api.configure(pset, flags={"backbone": {"name": "simple-cnn"}, "index": {"name": "flat"}},
-                           sets=[f"backbone.embed_dim={dim}", "backbone.widths=[4]", "backbone.input_size=16"])
+    config = api.configure(
+        pset,
+        flags={"backbone": {"name": "simple-cnn"}, "index": {"name": "flat"}},
+        sets=[f"backbone.embed_dim={dim}", "backbone.widths=[4]", "backbone.input_size=16"],
+    )
     run = open_model("simple-cnn", pset, config)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim)).astype(np.float32)
     labels = rng.integers(0, classes, n)
     vectors = (centres[labels] + 1.5 * rng.standard_normal((n, dim))).astype(np.float32)
-    items = number_rows([{"id": i, "path": f"synthetic/{seed}/{i}.png", "label": f"class{labels[i]}",
-                          "size": None, "mtime": None, "sha256": f"{seed:04d}{i:060d}"} for i in range(n)])
+    items = number_rows(
+        [
+            {
+                "id": i,
+                "path": f"synthetic/{seed}/{i}.png",
+                "label": f"class{labels[i]}",
+                "size": None,
+                "mtime": None,
+                "sha256": f"{seed:04d}{i:060d}",
+            }
+            for i in range(n)
+        ]
+    )
     with FolderWriter(folder) as writer:
         record = stage_model(writer, run)
-        commit_index(writer, pset, config, IndexContents(vectors, items, n, []), metric="cosine",
-                     model_record=record, created=now())
+        commit_index(
+            writer,
+            pset,
+            config,
+            IndexContents(vectors, items, n, []),
+            metric="cosine",
+            model_record=record,
+            created=now(),
+        )
 
 
 def part_evaluate(tmp: Path, gallery: int, queries: int, dim: int) -> None:
@@ -65,16 +86,29 @@ def part_evaluate(tmp: Path, gallery: int, queries: int, dim: int) -> None:
     synthetic_index(tmp / "queries", queries, dim, 10, 2)
     py = [sys.executable, "-m", "pixdex", "-q"]
     base, _ = peak_rss_mb(py + ["index", "info", str(tmp / "gallery")])
-    peak, seconds = peak_rss_mb(py + ["evaluate-retrieval", str(tmp / "gallery"), str(tmp / "queries"), "--json",
-                                      "--device", "cpu"])
+    peak, seconds = peak_rss_mb(
+        py + ["evaluate-retrieval", str(tmp / "gallery"), str(tmp / "queries"), "--json", "--device", "cpu"]
+    )
     emb_mb = (gallery + queries) * dim * 4 / 2**20
     qxg_mb = gallery * queries * 4 / 2**20
-    print(json.dumps({"part": "evaluate_retrieval", "gallery": gallery, "queries": queries, "dim": dim,
-                      "embeddings_mb": round(emb_mb, 1), "queries_x_gallery_float32_mb": round(qxg_mb, 1),
-                      "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
-                      "extra_over_baseline_mb": round(peak - base, 1),
-                      "extra_over_embeddings": round((peak - base) / emb_mb, 2), "seconds": round(seconds, 1)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "part": "evaluate_retrieval",
+                "gallery": gallery,
+                "queries": queries,
+                "dim": dim,
+                "embeddings_mb": round(emb_mb, 1),
+                "queries_x_gallery_float32_mb": round(qxg_mb, 1),
+                "baseline_rss_mb": round(base, 1),
+                "peak_rss_mb": round(peak, 1),
+                "extra_over_baseline_mb": round(peak - base, 1),
+                "extra_over_embeddings": round((peak - base) / emb_mb, 2),
+                "seconds": round(seconds, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 def part_build(tmp: Path, images: int, dim: int) -> None:
@@ -87,8 +121,22 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
     for i in range(images):
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / f"c{i % 10}" / f"{i:06d}.png")
     py = [sys.executable, "-m", "pixdex", "-q"]
-    args = ["--set", f"backbone.embed_dim={dim}", "--set", "backbone.widths=[4]", "--set", "backbone.input_size=8",
-            "--index", "flat", "--device", "cpu", "--workers", "2", "--batch-size", "512"]
+    args = [
+        "--set",
+        f"backbone.embed_dim={dim}",
+        "--set",
+        "backbone.widths=[4]",
+        "--set",
+        "backbone.input_size=8",
+        "--index",
+        "flat",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--batch-size",
+        "512",
+    ]
     small = tmp / "small"
     for c in range(10):
         (small / f"c{c}").mkdir(parents=True, exist_ok=True)
@@ -96,11 +144,23 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
     base, _ = peak_rss_mb(py + ["index", "build", "simple-cnn", str(small), "-o", str(tmp / "small-index"), *args])
     peak, seconds = peak_rss_mb(py + ["index", "build", "simple-cnn", str(root), "-o", str(tmp / "index"), *args])
     emb_mb = images * dim * 4 / 2**20
-    print(json.dumps({"part": "index_build", "images": images, "dim": dim, "embeddings_mb": round(emb_mb, 1),
-                      "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
-                      "extra_over_baseline_mb": round(peak - base, 1),
-                      "extra_over_embeddings": round((peak - base) / emb_mb, 2), "seconds": round(seconds, 1),
-                      "baseline": "the same build over 10 images"}), flush=True)
+    print(
+        json.dumps(
+            {
+                "part": "index_build",
+                "images": images,
+                "dim": dim,
+                "embeddings_mb": round(emb_mb, 1),
+                "baseline_rss_mb": round(base, 1),
+                "peak_rss_mb": round(peak, 1),
+                "extra_over_baseline_mb": round(peak - base, 1),
+                "extra_over_embeddings": round((peak - base) / emb_mb, 2),
+                "seconds": round(seconds, 1),
+                "baseline": "the same build over 10 images",
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -29,37 +29,50 @@ import torch
 
 from pixdex import api
 from pixdex.data.datasets import open_dataset
-from pixdex.device import placement
 from pixdex.data.sources import TensorSource
+from pixdex.device import placement
 from pixdex.pipeline.inference import run_inference
-from pixdex.retrieval.metrics import Side, evaluate
 from pixdex.pipeline.runs import load_run
 from pixdex.recognition.train import train
+from pixdex.retrieval.metrics import Side, evaluate
 
 
 def metrics(gallery: np.ndarray, g_labels: list[str], queries: np.ndarray, q_labels: list[str], device: str) -> dict:
-    report = evaluate(Side(gallery, g_labels, [None] * len(g_labels)), Side(queries, q_labels, [None] * len(q_labels)),
-                      metric="cosine", device=device)
-    return {"map": round(report["map"], 4), "precision_at_1": round(report["precision_at_1"], 4),
-            "recall_at_10": round(report["recall_at_k"]["10"], 4), "map_at_r": round(report["map_at_r"], 4)}
+    report = evaluate(
+        Side(gallery, g_labels, [None] * len(g_labels)),
+        Side(queries, q_labels, [None] * len(q_labels)),
+        metric="cosine",
+        device=device,
+    )
+    return {
+        "map": round(report["map"], 4),
+        "precision_at_1": round(report["precision_at_1"], 4),
+        "recall_at_10": round(report["recall_at_k"]["10"], 4),
+        "map_at_r": round(report["map_at_r"], 4),
+    }
 
 
 def embed_split(run_dir: Path, pset, images: torch.Tensor, device: str) -> np.ndarray:
     run = load_run(run_dir, pset)
     place = placement(device, "auto", notify=lambda m: None)
-    source = TensorSource(images, torch.zeros(len(images), dtype=torch.long), run.transform, batch_size=1024,
-                          device=place.device)
+    source = TensorSource(
+        images, torch.zeros(len(images), dtype=torch.long), run.transform, batch_size=1024, device=place.device
+    )
     return run_inference(run.pipeline, run.transform, source, place, want_logits=False).embeddings
 
 
 def train_and_embed(name: str, spec: str, pset, config, tensors: dict, root: Path, device: str) -> dict:
     start = time.perf_counter()
-    result = train(spec, root / name, pset, config, force=True, notify=lambda m: print(f"[{name}] {m}", file=sys.stderr))
+    result = train(
+        spec, root / name, pset, config, force=True, notify=lambda m: print(f"[{name}] {m}", file=sys.stderr)
+    )
     seconds = time.perf_counter() - start
     gallery = embed_split(root / name, pset, tensors["train"][0], device)
     queries = embed_split(root / name, pset, tensors["test"][0], device)
-    curve = [{"epoch": r["epoch"], "val_accuracy": r["val_accuracy"], "train_loss": round(r["train_loss"], 4)}
-             for r in result.history]
+    curve = [
+        {"epoch": r["epoch"], "val_accuracy": r["val_accuracy"], "train_loss": round(r["train_loss"], 4)}
+        for r in result.history
+    ]
     return {"gallery": gallery, "queries": queries, "train_seconds": round(seconds, 1), "curve": curve}
 
 
@@ -71,8 +84,12 @@ def main() -> None:
     parser.add_argument("--ce-epochs", type=int, default=3)
     parser.add_argument("--metric-epochs", type=int, default=10)
     parser.add_argument("--loss", default="arcface")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra SECTION.KEY=VALUE for the metric recipe")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N queries and 6N gallery images (smoke runs)")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="extra SECTION.KEY=VALUE for the metric recipe"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only the first N queries and 6N gallery images (smoke runs)"
+    )
     args = parser.parse_args()
     parts = args.only or ["raw", "ce", "metric"]
     spec = args.data if args.data.startswith("idx:") else f"idx:{args.data}"
@@ -80,34 +97,68 @@ def main() -> None:
     ds = open_dataset(spec, pset.registry)
     tensors = {split: ds.as_tensors(split) for split in ("train", "test")}
     if args.limit:
-        tensors = {"train": tuple(t[: 6 * args.limit] for t in tensors["train"]),
-                   "test": tuple(t[: args.limit] for t in tensors["test"])}
+        tensors = {
+            "train": tuple(t[: 6 * args.limit] for t in tensors["train"]),
+            "test": tuple(t[: args.limit] for t in tensors["test"]),
+        }
     labels = {split: [ds.classes[int(i)] for i in tensors[split][1]] for split in tensors}
     command = "python bench/retrieval_fashion_mnist.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "raw" in parts:
             flat = {s: (tensors[s][0].reshape(len(tensors[s][0]), -1).float() / 255).numpy() for s in tensors}
-            print(json.dumps({"model": "raw pixels", **metrics(flat["train"], labels["train"], flat["test"],
-                                                                labels["test"], args.device)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": "raw pixels",
+                        **metrics(flat["train"], labels["train"], flat["test"], labels["test"], args.device),
+                    }
+                ),
+                flush=True,
+            )
         if "ce" in parts:
-            config = api.configure(pset, preset="tutorial", flags={"runtime": {"device": args.device},
-                                                                   "train": {"epochs": args.ce_epochs}})
+            config = api.configure(
+                pset, preset="tutorial", flags={"runtime": {"device": args.device}, "train": {"epochs": args.ce_epochs}}
+            )
             got = train_and_embed("ce", spec, pset, config, tensors, root, args.device)
-            print(json.dumps({"model": f"tutorial CNN, cross-entropy, {args.ce_epochs} epochs",
-                              **metrics(got["gallery"], labels["train"], got["queries"], labels["test"], args.device),
-                              "train_seconds": got["train_seconds"]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": f"tutorial CNN, cross-entropy, {args.ce_epochs} epochs",
+                        **metrics(got["gallery"], labels["train"], got["queries"], labels["test"], args.device),
+                        "train_seconds": got["train_seconds"],
+                    }
+                ),
+                flush=True,
+            )
         if "metric" in parts:
-            config = api.configure(pset, flags={"runtime": {"device": args.device}, "loss": {"name": args.loss},
-                                                "train": {"epochs": args.metric_epochs}}, sets=args.sets)
+            config = api.configure(
+                pset,
+                flags={
+                    "runtime": {"device": args.device},
+                    "loss": {"name": args.loss},
+                    "train": {"epochs": args.metric_epochs},
+                },
+                sets=args.sets,
+            )
             got = train_and_embed("metric", spec, pset, config, tensors, root, args.device)
             m = metrics(got["gallery"], labels["train"], got["queries"], labels["test"], args.device)
-            print(json.dumps({"model": f"simple-cnn + {args.loss}, {args.metric_epochs} epochs", **m,
-                              "train_seconds": got["train_seconds"], "target_map": 0.90, "target_p1": 0.93,
-                              "target_met": m["map"] >= 0.90 and m["precision_at_1"] >= 0.93,
-                              "curve": got["curve"], "command": command,
-                              "config": {k: config[k] for k in ("backbone", "loss", "transform", "train")}}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": f"simple-cnn + {args.loss}, {args.metric_epochs} epochs",
+                        **m,
+                        "train_seconds": got["train_seconds"],
+                        "target_map": 0.90,
+                        "target_p1": 0.93,
+                        "target_met": m["map"] >= 0.90 and m["precision_at_1"] >= 0.93,
+                        "curve": got["curve"],
+                        "command": command,
+                        "config": {k: config[k] for k in ("backbone", "loss", "transform", "train")},
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

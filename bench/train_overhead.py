@@ -41,7 +41,7 @@ def hand_loop(spec: str, pset, config, device: str) -> float:
     start = time.perf_counter()
     order = torch.randperm(len(images), device=device)
     for i in range(0, len(order) - len(order) % bs, bs):
-        idx = order[i:i + bs]
+        idx = order[i : i + bs]
         x = built.train_transform.batch(images[idx])
         loss = model.head(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -66,18 +66,30 @@ def main() -> None:
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
-            result = train(spec, Path(tmp) / f"run{i}", pset, config, force=True, progress=False,
-                           notify=lambda m: None)
+            result = train(spec, Path(tmp) / f"run{i}", pset, config, force=True, progress=False, notify=lambda m: None)
             ours.append(result.history[0]["seconds"])
             theirs.append(hand_loop(spec, pset, config, args.device))
-            print(json.dumps({"run": i, "pixdex_seconds": round(ours[-1], 2), "hand_loop_seconds": round(theirs[-1], 2)}),
-                  file=sys.stderr, flush=True)
+            print(
+                json.dumps({"run": i, "pixdex_seconds": round(ours[-1], 2), "hand_loop_seconds": round(theirs[-1], 2)}),
+                file=sys.stderr,
+                flush=True,
+            )
     ratio = statistics.median(ours) / statistics.median(theirs)
-    print(json.dumps({"bench": "train_overhead", "device": args.device, "batch_size": config["runtime"]["batch_size"],
-                      "pixdex_epoch_seconds_median": round(statistics.median(ours), 2),
-                      "hand_loop_epoch_seconds_median": round(statistics.median(theirs), 2),
-                      "ratio": round(ratio, 3), "target": 1.10, "target_met": ratio <= 1.10,
-                      "runs": args.runs}))
+    print(
+        json.dumps(
+            {
+                "bench": "train_overhead",
+                "device": args.device,
+                "batch_size": config["runtime"]["batch_size"],
+                "pixdex_epoch_seconds_median": round(statistics.median(ours), 2),
+                "hand_loop_epoch_seconds_median": round(statistics.median(theirs), 2),
+                "ratio": round(ratio, 3),
+                "target": 1.10,
+                "target_met": ratio <= 1.10,
+                "runs": args.runs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,16 +63,25 @@ def _has_mix_stderr() -> bool:
     return "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
 
 
-def run_pixdex(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_pixdex(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run `python -m pixdex ARGS` in a real subprocess (for exit codes and import checks)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pixdex", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
-def make_dist(site: Path, dist: str, module: str, source: str, *, ep_name: str | None = None,
-              version: str = "0.1") -> Path:
+def make_dist(
+    site: Path, dist: str, module: str, source: str, *, ep_name: str | None = None, version: str = "0.1"
+) -> Path:
     """Install a tiny real distribution into ``site``: a module plus a dist-info with an
     entry point in group ``pixdex``, which importlib.metadata discovers like any pip install."""
     site.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ def pattern_image(kind: str, rng: np.random.Generator, size: int = 16, rgb: bool
     return img.convert("RGB") if rgb else img
 
 
-def make_folder_dataset(root: Path, per_class: int = 12, *, test_per_class: int = 0, seed: int = 0,
-                        size: int = 16) -> Path:
+def make_folder_dataset(
+    root: Path, per_class: int = 12, *, test_per_class: int = 0, seed: int = 0, size: int = 16
+) -> Path:
     """ImageFolder (or train/ + test/ when test_per_class) of the three patterns."""
     rng = np.random.default_rng(seed)
     splits = [("train", per_class)] + ([("test", test_per_class)] if test_per_class else [])

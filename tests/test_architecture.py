@@ -20,8 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
 PLUGINS = ROOT / "plugins"
 FOUNDATION = {
-    "__init__", "__main__", "api", "artifacts", "components", "config", "contracts", "device", "errors",
-    "hookspecs", "optional", "plugin_api", "plugins", "registry_file", "settings", "vectors", "world",
+    "__init__",
+    "__main__",
+    "api",
+    "artifacts",
+    "components",
+    "config",
+    "contracts",
+    "device",
+    "errors",
+    "hookspecs",
+    "optional",
+    "plugin_api",
+    "plugins",
+    "registry_file",
+    "settings",
+    "vectors",
+    "world",
 }
 JOB_FOLDERS = {"cli", "data", "pipeline", "recognition", "retrieval", "sample"}
 
@@ -53,7 +68,9 @@ def _imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
         for target in targets:
             while target and target not in MODULES:
@@ -80,12 +97,22 @@ def test_job_folders_depend_downwards_only():
         "pixdex.pipeline": ("pixdex.recognition", "pixdex.retrieval", "pixdex.cli"),
         "pixdex.data": ("pixdex.pipeline", "pixdex.recognition", "pixdex.retrieval", "pixdex.cli"),
     }
-    bad = [f"{name} -> {dep}" for name, deps in GRAPH.items() for folder, banned in forbidden.items()
-           if name.startswith(folder + ".") for dep in deps if dep.startswith(banned)]
+    bad = [
+        f"{name} -> {dep}"
+        for name, deps in GRAPH.items()
+        for folder, banned in forbidden.items()
+        if name.startswith(folder + ".")
+        for dep in deps
+        if dep.startswith(banned)
+    ]
     foundation = {f"pixdex.{m}" for m in FOUNDATION} | {"pixdex"}
-    bad += [f"{name} -> {dep}" for name in foundation & set(GRAPH) for dep in GRAPH[name]
-            if dep.startswith(tuple(f"pixdex.{f}" for f in JOB_FOLDERS))
-            and name not in ("pixdex.plugin_api", "pixdex.__main__")]
+    bad += [
+        f"{name} -> {dep}"
+        for name in foundation & set(GRAPH)
+        for dep in GRAPH[name]
+        if dep.startswith(tuple(f"pixdex.{f}" for f in JOB_FOLDERS))
+        and name not in ("pixdex.plugin_api", "pixdex.__main__")
+    ]
     assert bad == []
 
 
@@ -99,7 +126,7 @@ def test_no_import_circles():
         stack.append(node)
         for dep in sorted(GRAPH[node]):
             if state.get(dep) == 1:
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -120,17 +147,25 @@ def test_the_graph_sees_function_level_and_type_checking_imports():
 @pytest.mark.parametrize("plugin", sorted(p.name for p in PLUGINS.iterdir() if p.name.startswith("pixdex_")))
 def test_plugins_use_only_the_plugin_api(plugin: str):
     allowed = {"pixdex.plugin_api", "pixdex.hookspecs"}
-    bad = [f"{name} -> {dep}" for name, deps in GRAPH.items() if name.split(".")[0] == plugin
-           for dep in deps if dep.startswith("pixdex.") or dep == "pixdex" if dep not in allowed]
+    bad = [
+        f"{name} -> {dep}"
+        for name, deps in GRAPH.items()
+        if name.split(".")[0] == plugin
+        for dep in deps
+        if dep.startswith("pixdex.") or dep == "pixdex"
+        if dep not in allowed
+    ]
     assert bad == []
 
 
 def test_plugin_api_is_cheap_and_complete():
-    code = ("import sys, pixdex.plugin_api as api\n"
-            "heavy = sorted(m for m in ('torch', 'numpy', 'PIL', 'timm', 'annoy') if m in sys.modules)\n"
-            "assert heavy == [], heavy\n"
-            "missing = [n for n in api.__all__ if getattr(api, n, None) is None]\n"
-            "assert missing == [], missing\n"
-            "assert 'torch' in sys.modules\n")  # check_weights_fit lives with the torch pipeline
+    code = (
+        "import sys, pixdex.plugin_api as api\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'PIL', 'timm', 'annoy') if m in sys.modules)\n"
+        "assert heavy == [], heavy\n"
+        "missing = [n for n in api.__all__ if getattr(api, n, None) is None]\n"
+        "assert missing == [], missing\n"
+        "assert 'torch' in sys.modules\n"
+    )  # check_weights_fit lives with the torch pipeline
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

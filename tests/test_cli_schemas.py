@@ -27,11 +27,22 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 MARKER = re.compile(r"^<!-- schema: ([a-z0-9-]+) -->\n```json\n(.*?)\n```", re.MULTILINE | re.DOTALL)
 KEYWORDS = {"type", "properties", "required", "items", "additionalProperties", "enum", "minimum", "maximum"}
 TYPES = {"string", "number", "integer", "boolean", "object", "array", "null"}
-TINY = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu"]
+TINY = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 # --- the validator ------------------------------------------------------------------------
+
 
 def _is(value: Any, kind: str) -> bool:
     if kind == "null":
@@ -39,8 +50,9 @@ def _is(value: Any, kind: str) -> bool:
     if kind == "boolean":
         return isinstance(value, bool)
     if kind == "integer":  # JSON Schema: a number with no fractional part
-        return not isinstance(value, bool) and (isinstance(value, int) or
-                                                (isinstance(value, float) and value.is_integer()))
+        return not isinstance(value, bool) and (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        )
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "string":
@@ -113,6 +125,7 @@ SCHEMAS = documented_schemas() if DOC.exists() else {}
 
 # --- running the CLI ----------------------------------------------------------------------
 
+
 def invoke(*args: str) -> Any:
     """Run `pixdex ARGS` in-process with the built-in plugins only; stdout kept apart."""
     from click.testing import CliRunner
@@ -171,8 +184,18 @@ def _evaluate(ctx: dict[str, Any]) -> Any:
 def _predict(ctx: dict[str, Any]) -> Any:
     data = ctx["data"]
     one = next((data / "test" / "top").iterdir())
-    return json_out("predict", str(ctx["run"]), str(one), str(data / "test" / "left"), "-k", "2",
-                    "--workers", "0", "--device", "cpu")
+    return json_out(
+        "predict",
+        str(ctx["run"]),
+        str(one),
+        str(data / "test" / "left"),
+        "-k",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
 
 
 CPU = ["--workers", "0", "--device", "cpu"]
@@ -190,8 +213,7 @@ def indexed(trained: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     gone = str(next((trained["data"] / "train" / "top").iterdir()))
     remove = json_out("index", "remove", str(copy), gone, str(root / "not-indexed.png"))
     add = json_out("index", "add", str(copy), str(trained["data"]), *CPU)
-    return {**trained, "index": index, "root": root, "index-build": build, "index-remove": remove,
-            "index-add": add}
+    return {**trained, "index": index, "root": root, "index-build": build, "index-remove": remove, "index-add": add}
 
 
 def _embed(ctx: dict[str, Any]) -> Any:
@@ -204,8 +226,15 @@ def _index_info(ctx: dict[str, Any]) -> Any:
 
 def _search(ctx: dict[str, Any]) -> Any:
     data = ctx["data"]
-    return json_out("search", str(ctx["index"]), str(data / "test" / "left"),
-                    str(next((data / "test" / "top").iterdir())), "-k", "3", *CPU)
+    return json_out(
+        "search",
+        str(ctx["index"]),
+        str(data / "test" / "left"),
+        str(next((data / "test" / "top").iterdir())),
+        "-k",
+        "3",
+        *CPU,
+    )
 
 
 def _evaluate_retrieval(ctx: dict[str, Any]) -> Any:
@@ -213,8 +242,9 @@ def _evaluate_retrieval(ctx: dict[str, Any]) -> Any:
 
 
 def _cluster(ctx: dict[str, Any]) -> Any:
-    return json_out("cluster", str(ctx["index"]), "--clusters", "3", "-o", str(ctx["root"] / "clusters"),
-                    "--device", "cpu")
+    return json_out(
+        "cluster", str(ctx["index"]), "--clusters", "3", "-o", str(ctx["root"] / "clusters"), "--device", "cpu"
+    )
 
 
 def _duplicates(ctx: dict[str, Any]) -> Any:
@@ -222,23 +252,42 @@ def _duplicates(ctx: dict[str, Any]) -> Any:
 
 
 PRODUCERS: dict[str, Callable[[Any], Any]] = {
-    "plugins": _plugins, "list": _list, "config-show": _config_show,
-    "train": _train, "evaluate": _evaluate, "predict": _predict,
-    "embed": _embed, "index-build": lambda ctx: ctx["index-build"], "index-info": _index_info,
-    "index-add": lambda ctx: ctx["index-add"], "index-remove": lambda ctx: ctx["index-remove"],
-    "search": _search, "evaluate-retrieval": _evaluate_retrieval, "cluster": _cluster, "duplicates": _duplicates,
+    "plugins": _plugins,
+    "list": _list,
+    "config-show": _config_show,
+    "train": _train,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "embed": _embed,
+    "index-build": lambda ctx: ctx["index-build"],
+    "index-info": _index_info,
+    "index-add": lambda ctx: ctx["index-add"],
+    "index-remove": lambda ctx: ctx["index-remove"],
+    "search": _search,
+    "evaluate-retrieval": _evaluate_retrieval,
+    "cluster": _cluster,
+    "duplicates": _duplicates,
 }
 NEEDS_RUN = {"train", "evaluate", "predict"}
-NEEDS_INDEX = {"embed", "index-build", "index-info", "index-add", "index-remove", "search", "evaluate-retrieval",
-               "cluster", "duplicates"}
+NEEDS_INDEX = {
+    "embed",
+    "index-build",
+    "index-info",
+    "index-add",
+    "index-remove",
+    "search",
+    "evaluate-retrieval",
+    "cluster",
+    "duplicates",
+}
 
 
 # --- the tests ----------------------------------------------------------------------------
 
+
 def test_every_documented_schema_has_a_test():
     assert DOC.exists(), "docs/cli.md is missing"
-    assert set(SCHEMAS) == set(PRODUCERS), (
-        f"documented: {sorted(SCHEMAS)}; tested: {sorted(PRODUCERS)}")
+    assert set(SCHEMAS) == set(PRODUCERS), f"documented: {sorted(SCHEMAS)}; tested: {sorted(PRODUCERS)}"
 
 
 @pytest.mark.parametrize("name", sorted(PRODUCERS))
@@ -279,20 +328,24 @@ def test_retrieval_jsonl_lines_match_the_json_document(indexed: dict[str, Any]):
     assert len(lines) == 8
     assert all(isinstance(line.pop("query"), str) and validate(line, match) == [] for line in lines)
     lines = jsonl_out("cluster", index, "--clusters", "3", "-o", str(root / "clusters"), "--device", "cpu")
-    assert len(lines) == 3 and all(validate(line, SCHEMAS["cluster"]["properties"]["clusters"]["items"]) == []
-                                   for line in lines)
+    assert len(lines) == 3 and all(
+        validate(line, SCHEMAS["cluster"]["properties"]["clusters"]["items"]) == [] for line in lines
+    )
     lines = jsonl_out("duplicates", index, "-o", str(root / "duplicates"), "--threshold", "0.99")
     assert all(validate(line, SCHEMAS["duplicates"]["properties"]["groups"]["items"]) == [] for line in lines)
-    for name, args in (("index-info", ["index", "info", index]),
-                       ("evaluate-retrieval", ["evaluate-retrieval", index, "--leave-one-out", "--device", "cpu"])):
+    for name, args in (
+        ("index-info", ["index", "info", index]),
+        ("evaluate-retrieval", ["evaluate-retrieval", index, "--leave-one-out", "--device", "cpu"]),
+    ):
         lines = jsonl_out(*args)
         assert len(lines) == 1 and validate(lines[0], SCHEMAS[name]) == []
 
 
 def test_predict_by_neighbours_rows_are_predict_rows(indexed: dict[str, Any]):
     """`predict INDEX_DIR` (neighbour vote) prints the same rows as `predict RUN_DIR`."""
-    rows = json_out("predict", str(indexed["index"]), str(indexed["data"] / "test" / "top"), "--neighbours", "5",
-                    "-k", "2", *CPU)
+    rows = json_out(
+        "predict", str(indexed["index"]), str(indexed["data"] / "test" / "top"), "--neighbours", "5", "-k", "2", *CPU
+    )
     assert len(rows) == 4 and validate(rows, SCHEMAS["predict"]) == []
 
 
@@ -317,17 +370,34 @@ def test_train_report_is_consistent(trained: dict[str, Any]):
 
 def test_the_validator_rejects_wrong_documents():
     """The check can fail: wrong documents are caught, by the real schemas too."""
-    schema = {"type": "object", "required": ["n", "xs"], "additionalProperties": False, "properties": {
-        "n": {"type": "integer", "minimum": 1}, "f": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "e": {"enum": ["a", "b"]}, "xs": {"type": "array", "items": {"type": "string"}},
-        "m": {"type": "object", "additionalProperties": {"type": "boolean"}},
-    }}
+    schema = {
+        "type": "object",
+        "required": ["n", "xs"],
+        "additionalProperties": False,
+        "properties": {
+            "n": {"type": "integer", "minimum": 1},
+            "f": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "e": {"enum": ["a", "b"]},
+            "xs": {"type": "array", "items": {"type": "string"}},
+            "m": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+    }
     assert validate({"n": 2, "xs": ["a"], "f": None, "e": "a", "m": {"k": True}}, schema) == []
     assert validate({"n": 2.0, "xs": []}, schema) == []  # 2.0 is an integer in JSON Schema
-    for wrong in ({"xs": []}, {"n": 0, "xs": []}, {"n": True, "xs": []}, {"n": 1.5, "xs": []},
-                  {"n": 1, "xs": [3]}, {"n": 1, "xs": "a"}, {"n": 1, "xs": [], "f": 1.5},
-                  {"n": 1, "xs": [], "f": "0.5"}, {"n": 1, "xs": [], "e": "c"}, {"n": 1, "xs": [], "z": 1},
-                  {"n": 1, "xs": [], "m": {"k": 1}}, []):
+    for wrong in (
+        {"xs": []},
+        {"n": 0, "xs": []},
+        {"n": True, "xs": []},
+        {"n": 1.5, "xs": []},
+        {"n": 1, "xs": [3]},
+        {"n": 1, "xs": "a"},
+        {"n": 1, "xs": [], "f": 1.5},
+        {"n": 1, "xs": [], "f": "0.5"},
+        {"n": 1, "xs": [], "e": "c"},
+        {"n": 1, "xs": [], "z": 1},
+        {"n": 1, "xs": [], "m": {"k": 1}},
+        [],
+    ):
         assert validate(wrong, schema), f"accepted {wrong}"
     assert subset_problems({"type": "object", "pattern": "x"}) and subset_problems({"type": "float"})
 
@@ -342,5 +412,6 @@ def test_the_validator_rejects_wrong_documents():
     assert validate([{"query": "q.png", "matches": [{**match, "rank": 0}]}], SCHEMAS["search"])
     assert validate([{"query": "q.png", "matches": [{**match, "extra": 1}]}], SCHEMAS["search"])
     assert validate({"map": 1.5}, SCHEMAS["evaluate-retrieval"])
-    assert validate({"groups": [{"group": 0, "size": 1, "max_score": 1, "min_score": 1, "items": []}]},
-                    SCHEMAS["duplicates"])
+    assert validate(
+        {"groups": [{"group": 0, "size": 1, "max_score": 1, "min_score": 1, "items": []}]}, SCHEMAS["duplicates"]
+    )

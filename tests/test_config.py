@@ -24,9 +24,12 @@ def test_layers_apply_lowest_first(pset, tmp_path: Path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[runtime]\nbatch_size = 32\nworkers = 0\n[train]\nepochs = 7\nlr = 0.1\n")
     config = api.configure(
-        pset, preset="quick", config_file=cfg,
+        pset,
+        preset="quick",
+        config_file=cfg,
         environ={"PIXDEX_WORKERS": "3", "PIXDEX_TRAIN__LR": "0.5", "PIXDEX_DEVICE": "cpu"},
-        flags={"runtime": {"device": "cpu"}}, sets=["train.lr=0.25"],
+        flags={"runtime": {"device": "cpu"}},
+        sets=["train.lr=0.25"],
     )
     assert config["train"]["epochs"] == 7  # config file over preset 'quick' (1)
     assert config["runtime"]["batch_size"] == 32  # config file over preset (64)
@@ -35,14 +38,17 @@ def test_layers_apply_lowest_first(pset, tmp_path: Path):
     assert config["runtime"]["device"] == "cpu"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"sets": ["trian.epochs=3"]}, "Unknown config section [trian]. Did you mean: train?"),
-    ({"sets": ["train.epohs=3"]}, "Unknown key 'epohs' in [train]. Did you mean: epochs?"),
-    ({"sets": ["train.epochs=three"]}, "[train] epochs must be an integer, got 'three'"),
-    ({"sets": ["index.name=anoy"]}, "Unknown index 'anoy'. Did you mean: annoy?"),
-    ({"preset": "quik"}, "Unknown preset 'quik'. Did you mean: quick?"),
-    ({"sets": ["train.epochs"]}, "expected SECTION.KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sets": ["trian.epochs=3"]}, "Unknown config section [trian]. Did you mean: train?"),
+        ({"sets": ["train.epohs=3"]}, "Unknown key 'epohs' in [train]. Did you mean: epochs?"),
+        ({"sets": ["train.epochs=three"]}, "[train] epochs must be an integer, got 'three'"),
+        ({"sets": ["index.name=anoy"]}, "Unknown index 'anoy'. Did you mean: annoy?"),
+        ({"preset": "quik"}, "Unknown preset 'quik'. Did you mean: quick?"),
+        ({"sets": ["train.epochs"]}, "expected SECTION.KEY=VALUE"),
+    ],
+)
 def test_bad_configuration_is_refused_with_a_suggestion(pset, kwargs, message):
     with pytest.raises(UsageError) as info:
         api.configure(pset, environ={}, **kwargs)
@@ -80,7 +86,9 @@ def test_component_options_are_validated_and_filled(site: Path):
     pset = load_plugins()
     config = api.configure(pset, environ={}, sets=["index.name=probe-a", "index.trees=20"])
     assert config["index"] == {"name": "probe-a", "trees": 20}
-    with pytest.raises(ConfigError, match="Unknown option 'tres' for index 'probe-a'. Did you mean: trees\\? Valid options: trees"):
+    with pytest.raises(
+        ConfigError, match="Unknown option 'tres' for index 'probe-a'. Did you mean: trees\\? Valid options: trees"
+    ):
         api.configure(pset, environ={}, sets=["index.name=probe-a", "index.tres=20"])
 
 
@@ -120,8 +128,10 @@ def test_config_show_round_trips(cli_run, tmp_path: Path):
 def test_config_show_refuses_unknown_key_with_exit_2(cli_run):
     result = cli_run("config", "show", "--set", "runtime.devise=cpu")
     assert result.exit_code == 2
-    assert result.stderr == ("pixdex: error: Unknown key 'devise' in [runtime]. Did you mean: device? "
-                             "Valid keys: device, precision, workers, batch_size\n")
+    assert result.stderr == (
+        "pixdex: error: Unknown key 'devise' in [runtime]. Did you mean: device? "
+        "Valid keys: device, precision, workers, batch_size\n"
+    )
 
 
 def test_unknown_component_error_type(pset):

@@ -15,7 +15,12 @@ import pytest
 from PIL import Image
 
 from pixdex.data.datasets import (
-    Unlabelled, evaluation_split, map_labels, open_dataset, safe_class_name, stratified_split,
+    Unlabelled,
+    evaluation_split,
+    map_labels,
+    open_dataset,
+    safe_class_name,
+    stratified_split,
     training_split,
 )
 from pixdex.errors import PixdexError, UsageError
@@ -76,8 +81,11 @@ def kind_of(ds) -> str:
 @pytest.mark.parametrize("layout", ["debian", "raw", "torchvision"])
 def test_idx_layouts(tmp_path: Path, registry, gz: bool, layout: str) -> None:
     root = tmp_path / "data"
-    where = {"debian": root / "fashion-mnist", "raw": root / "fashion-mnist" / "raw",
-             "torchvision": root / "FashionMNIST" / "raw"}[layout]
+    where = {
+        "debian": root / "fashion-mnist",
+        "raw": root / "fashion-mnist" / "raw",
+        "torchvision": root / "FashionMNIST" / "raw",
+    }[layout]
     x, y = idx_folder(where, gz=gz)
     given = {"debian": root / "fashion-mnist", "raw": root / "fashion-mnist", "torchvision": root}[layout]
     ds = open_dataset(str(given), registry)
@@ -279,7 +287,8 @@ def test_csv(tmp_path: Path, registry) -> None:
     (tmp_path / "lists").mkdir()
     (tmp_path / "lists" / "with-header.csv").write_text(
         f"label,path\ncat,../imgs/a.png\ndog,../imgs/b.png\n,../imgs/b.png\ncat,{tmp_path / 'elsewhere.png'}\n"
-        "dog,../imgs/missing.png\n\n")
+        "dog,../imgs/missing.png\n\n"
+    )
     ds = open_dataset(str(tmp_path / "lists" / "with-header.csv"), registry)
     assert ds.classes == ["cat", "dog"]
     labels = [label for _, label in ds.items("all")]
@@ -303,8 +312,11 @@ def test_csv_split_column(tmp_path: Path, registry) -> None:
 
 def test_jsonl(tmp_path: Path, registry) -> None:
     png(tmp_path / "sub" / "a.png")
-    lines = [{"path": "sub/a.png", "label": "k"}, {"path": "sub/a.png", "label": None},
-             {"path": "sub/a.png", "label": 7}]
+    lines = [
+        {"path": "sub/a.png", "label": "k"},
+        {"path": "sub/a.png", "label": None},
+        {"path": "sub/a.png", "label": 7},
+    ]
     (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n\n")
     ds = open_dataset(str(tmp_path / "l.jsonl"), registry)
     assert [label for _, label in ds.items("all")] == ["k", None, "7"]
@@ -403,7 +415,9 @@ def test_bundled_sample(registry) -> None:
 
 def test_readers_import_no_heavy_libraries() -> None:
     # `pixdex --help` imports every plugin and the data modules: they must stay light
-    code = ("import sys, pixdex.data.datasets, pixdex.data.images, pixdex.sample, pixdex_datasets; "
-            "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
+    code = (
+        "import sys, pixdex.data.datasets, pixdex.data.images, pixdex.sample, pixdex_datasets; "
+        "print(sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -100,12 +100,11 @@ def _spy_placement(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
 
 def test_process_1_trains_and_embeds_on_cuda_1(monkeypatch, tmp_path, pset):
     """Training and embedding ask the one device decision with their process world."""
-    from recognition_data import make_folder_dataset
-
     from pixdex import api
     from pixdex.recognition.train import Trainer
     from pixdex.retrieval.indexing import Options, _embed_collection
     from pixdex.world import World
+    from recognition_data import make_folder_dataset
 
     data = str(make_folder_dataset(tmp_path / "data", per_class=3))
     second = World(rank=1, size=2, local_rank=1)
@@ -119,8 +118,7 @@ def test_process_1_trains_and_embeds_on_cuda_1(monkeypatch, tmp_path, pset):
     assert trained.value.args[0].device == "cuda:1"
 
     _spy_placement(monkeypatch, "pixdex.retrieval.indexing")
-    opts = Options(runtime=config["runtime"], max_pixels=config["data"]["max_pixels"], world=second,
-                   progress=False)
+    opts = Options(runtime=config["runtime"], max_pixels=config["data"]["max_pixels"], world=second, progress=False)
     with pytest.raises(_Placed) as embedded:
         _embed_collection(None, data, pset, opts)  # the run is not reached: placement comes first
     assert embedded.value.args[0].device == "cuda:1"

@@ -14,8 +14,22 @@ import pytest
 
 from recognition_data import make_folder_dataset
 
-TINY = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu", "--epochs", "6", "--lr", "0.01"]
+TINY = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--epochs",
+    "6",
+    "--lr",
+    "0.01",
+]
 pytestmark = pytest.mark.slow
 
 
@@ -23,8 +37,9 @@ def run(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     env["OMP_NUM_THREADS"] = "1"
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
-    proc = subprocess.run([sys.executable, *launcher, "-m", "pixdex", "-q", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *launcher, "-m", "pixdex", "-q", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -61,7 +76,9 @@ def test_ddp_index_build_equals_one_process(runs: dict[int, Path], data: Path, t
     run("index", "build", str(runs[1]), str(data), "-o", str(tmp_path / "two"), *common, nproc=2)
     one, two = (np.load(tmp_path / name / "embeddings.npy") for name in ("one", "two"))
     assert one.shape == two.shape and np.abs(one - two).max() <= 1e-4
-    items = [[(json.loads(line)["id"], json.loads(line)["path"]) for line in (tmp_path / n / "items.jsonl").open()]
-             for n in ("one", "two")]
+    items = [
+        [(json.loads(line)["id"], json.loads(line)["path"]) for line in (tmp_path / n / "items.jsonl").open()]
+        for n in ("one", "two")
+    ]
     assert items[0] == items[1]
     assert not any(p.name.startswith(".two.shards") for p in tmp_path.iterdir())  # staging cleaned up

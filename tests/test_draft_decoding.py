@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from pixdex.data.images import ImageSkip, open_image
-from pixdex.data.sources import FileSource, draft_size_for
 from pixdex.data.loading import ImageFiles
+from pixdex.data.sources import FileSource, draft_size_for
 from pixdex_transforms.transform import ImageTransform
 
 DRAFT = (256, 256)  # what a 224 px transform with crop_pct 0.875 resizes to
@@ -30,7 +30,7 @@ def photo(width: int, height: int, seed: int = 0, grey: bool = False) -> Image.I
     if grey:
         arr = arr[..., None]
     arr = arr * 0.7 + np.linspace(0, 60, width)[None, :, None]
-    arr[height // 3: height // 3 + height // 8, width // 4: width // 2] = 230  # a sharp-edged bright patch
+    arr[height // 3 : height // 3 + height // 8, width // 4 : width // 2] = 230  # a sharp-edged bright patch
     arr += rng.normal(0, 3, arr.shape)
     arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     return Image.fromarray(arr[..., 0] if grey else arr, mode)
@@ -43,8 +43,14 @@ def save(path: Path, image: Image.Image, fmt: str = "JPEG", **params) -> str:
 
 
 def transform() -> ImageTransform:
-    return ImageTransform(in_chans=3, size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                          interpolation="bilinear", crop_pct=0.875)
+    return ImageTransform(
+        in_chans=3,
+        size=(224, 224),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        interpolation="bilinear",
+        crop_pct=0.875,
+    )
 
 
 def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -172,8 +178,7 @@ def test_file_source_drafts_and_stays_close(tmp_path: Path, workers: int) -> Non
     t = transform()
     paths = [save(tmp_path / f"{i}.jpg", photo(1600 - 200 * i, 1200, seed=i)) for i in range(4)]
     paths.append(save(tmp_path / "p.png", photo(600, 500, seed=9), "PNG"))
-    source = FileSource(paths, [0] * len(paths), t, batch_size=2, device="cpu", workers=workers,
-                        max_pixels=10**8)
+    source = FileSource(paths, [0] * len(paths), t, batch_size=2, device="cpu", workers=workers, max_pixels=10**8)
     assert source.dataset.draft_size == (256, 256)
     got = torch.cat([x for x, _, _ in source.batches()])
     want = torch.stack([t.load(open_image(p)) for p in paths])

@@ -16,15 +16,23 @@ HOOKS = sorted(n for n, f in vars(hookspecs).items() if n.startswith("register_"
 
 
 def test_the_six_hooks_exist():
-    assert HOOKS == ["register_backbones", "register_commands", "register_datasets",
-                     "register_indexes", "register_losses", "register_transforms"]
+    assert HOOKS == [
+        "register_backbones",
+        "register_commands",
+        "register_datasets",
+        "register_indexes",
+        "register_losses",
+        "register_transforms",
+    ]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_documented_with_its_signature(hook: str):
     docs = (REPO / "docs" / "plugins.md").read_text()
     params = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
-    assert re.search(rf"^#+ .*`{hook}\({params}\)`", docs, re.M), f"docs/plugins.md lacks a heading for {hook}({params})"
+    assert re.search(rf"^#+ .*`{hook}\({params}\)`", docs, re.M), (
+        f"docs/plugins.md lacks a heading for {hook}({params})"
+    )
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -41,7 +49,11 @@ def test_every_hook_has_a_docstring_and_types(hook: str):
 
 
 def _plugin_registering(site: Path, hook: str, name: str, extra: str = "") -> None:
-    make_dist(site, f"pixdex-test-{hook}", f"pixdex_test_{hook}", f"""
+    make_dist(
+        site,
+        f"pixdex-test-{hook}",
+        f"pixdex_test_{hook}",
+        f"""
 from dataclasses import dataclass
 from pixdex.hookspecs import hookimpl
 
@@ -55,7 +67,8 @@ def factory(options, **context):
 @hookimpl
 def {hook}(register):
     register("{name}", factory, options=Opts, description="from a test plugin"{", detect=detect" if extra else ""})
-""")
+""",
+    )
 
 
 def _check_component_hook(site: Path, hook: str, kind: str, context: dict) -> None:
@@ -92,7 +105,11 @@ def test_hook_register_datasets(site: Path):
 
 
 def test_hook_register_commands(site: Path, cli_run):
-    make_dist(site, "pixdex-test-cmd", "pixdex_test_cmd", """
+    make_dist(
+        site,
+        "pixdex-test-cmd",
+        "pixdex_test_cmd",
+        """
 import click
 from pixdex.hookspecs import hookimpl
 
@@ -103,23 +120,31 @@ def register_commands(cli):
     def hello(who):
         "Say hello."
         click.echo(f"hello {who}")
-""")
+""",
+    )
     result = cli_run("hello", "pixdex", plugins=load_plugins())
     assert result.exit_code == 0 and result.stdout == "hello pixdex\n"
 
 
 def test_command_hook_that_raises_is_skipped(site: Path, cli_run):
-    make_dist(site, "pixdex-test-cmdbad", "pixdex_test_cmdbad", """
+    make_dist(
+        site,
+        "pixdex-test-cmdbad",
+        "pixdex_test_cmdbad",
+        """
 from pixdex.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli):
     raise RuntimeError("no commands today")
-""")
+""",
+    )
     lines: list[str] = []
     result = cli_run("plugins", "--json", plugins=load_plugins(warn=lines.append))
     assert result.exit_code == 0
-    assert lines == [(
-        "pixdex: plugin 'pixdex-test-cmdbad' skipped: register_commands raised RuntimeError: "
-        "no commands today (PIXDEX_STRICT_PLUGINS=1 makes this fatal)"
-    )]
+    assert lines == [
+        (
+            "pixdex: plugin 'pixdex-test-cmdbad' skipped: register_commands raised RuntimeError: "
+            "no commands today (PIXDEX_STRICT_PLUGINS=1 makes this fatal)"
+        )
+    ]

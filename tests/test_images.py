@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixdex.errors import PixdexError
 from pixdex.data.images import (
-    DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, REASONS, ImageSkip, list_images, open_image, probe_images,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    REASONS,
+    ImageSkip,
+    list_images,
+    open_image,
+    probe_images,
 )
+from pixdex.errors import PixdexError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wild_images import animated_gif, bomb_png, exif_rotated_jpeg  # noqa: E402
@@ -294,7 +300,9 @@ def test_dangling_symlink_is_reported_only_when_named_like_an_image(tmp_path: Pa
     paths, skipped = list_images(tmp_path)
     assert paths == []
     assert sorted((os.path.basename(s["path"]), s["reason"]) for s in skipped) == [
-        ("dangling.png", "broken-link"), ("itself.jpg", "broken-link")]
+        ("dangling.png", "broken-link"),
+        ("itself.jpg", "broken-link"),
+    ]
 
 
 def test_directory_named_like_an_image_is_walked(tmp_path: Path) -> None:
@@ -338,8 +346,10 @@ def test_probe_grey_same_size(tmp_path: Path) -> None:
 
 
 def test_probe_mixed_modes_and_sizes_skips_bad(tmp_path: Path) -> None:
-    paths = [save(tmp_path / "a.png", Image.new("L", (5, 4), 255)),
-             save(tmp_path / "b.png", Image.new("RGB", (6, 4), (255, 0, 0)))]
+    paths = [
+        save(tmp_path / "a.png", Image.new("L", (5, 4), 255)),
+        save(tmp_path / "b.png", Image.new("RGB", (6, 4), (255, 0, 0))),
+    ]
     (tmp_path / "bad.png").write_bytes(b"junk")
     stats = probe_images(paths + [str(tmp_path / "bad.png")], sample=8)
     assert stats.in_chans == 3 and stats.native_size is None

@@ -73,6 +73,7 @@ def exhaustive(n: int, n_trees: int = 5) -> dict[str, Any]:
 
 # --- exactness per metric ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("chunk_size", [7, 65536])
 def test_flat_is_exact(pset: Any, metric: str, chunk_size: int) -> None:
@@ -139,17 +140,24 @@ def test_flat_l2_self_match_scores_exactly_zero(pset: Any) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 60), d=st.integers(1, 6), k=st.integers(1, 70), q=st.integers(1, 9),
-    chunk=st.integers(1, 20), query_chunk=st.integers(1, 5), metric=st.sampled_from(METRICS),
+    n=st.integers(1, 60),
+    d=st.integers(1, 6),
+    k=st.integers(1, 70),
+    q=st.integers(1, 9),
+    chunk=st.integers(1, 20),
+    query_chunk=st.integers(1, 5),
+    metric=st.sampled_from(METRICS),
     seed=st.integers(0, 2**16),
 )
-def test_flat_chunk_merge_matches_brute_force(n: int, d: int, k: int, q: int, chunk: int, query_chunk: int,
-                                              metric: str, seed: int) -> None:
+def test_flat_chunk_merge_matches_brute_force(
+    n: int, d: int, k: int, q: int, chunk: int, query_chunk: int, metric: str, seed: int
+) -> None:
     from pixdex.plugins import load_plugins
 
     x, queries = data(n, d, seed), data(q, d, seed + 1)
     index = load_plugins(entry_points=[]).registry.build(
-        "index", "flat", {"chunk_size": chunk, "query_chunk": query_chunk}, dim=d, metric=metric)
+        "index", "flat", {"chunk_size": chunk, "query_chunk": query_chunk}, dim=d, metric=metric
+    )
     index.build(x)
     ids, scores = index.search(queries, k)
     check_exact(ids, scores, x, queries, k, metric)
@@ -167,6 +175,7 @@ def test_k_larger_than_collection_pads(pset: Any, name: str, metric: str) -> Non
 
 
 # --- persistence ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PLUGINS)
 @pytest.mark.parametrize("metric", METRICS)
@@ -225,6 +234,7 @@ def test_flat_load_refuses_other_dim(pset: Any, tmp_path: Path) -> None:
 
 # --- search_k auto-tuning ---------------------------------------------------------------
 
+
 def test_annoy_tunes_smallest_search_k_reaching_target(pset: Any) -> None:
     from pixdex_annoy import measure_recall, search_k_candidates
     from pixdex_annoy.tuning import sample_ids
@@ -263,6 +273,7 @@ def test_recall_counts_ties_with_duplicates(pset: Any) -> None:
 
 # --- options, params, errors ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", PLUGINS)
 def test_params_are_json(pset: Any, name: str) -> None:
     index = pset.registry.build("index", name, {}, dim=4, metric="ip")
@@ -280,14 +291,17 @@ def test_unknown_option_is_refused(pset: Any, name: str) -> None:
         pset.registry.build("index", name, {"n_tree": 3}, dim=4, metric="l2")
 
 
-@pytest.mark.parametrize(("name", "values", "match"), [
-    ("flat", {"chunk_size": 0}, "chunk_size"),
-    ("flat", {"chunk_size": "big"}, "chunk_size"),
-    ("annoy", {"n_trees": 0}, "n_trees"),
-    ("annoy", {"search_k": -2}, "search_k"),
-    ("annoy", {"target_recall": 1.5}, "target_recall"),
-    ("annoy", {"build_threads": 0}, "build_threads"),
-])
+@pytest.mark.parametrize(
+    ("name", "values", "match"),
+    [
+        ("flat", {"chunk_size": 0}, "chunk_size"),
+        ("flat", {"chunk_size": "big"}, "chunk_size"),
+        ("annoy", {"n_trees": 0}, "n_trees"),
+        ("annoy", {"search_k": -2}, "search_k"),
+        ("annoy", {"target_recall": 1.5}, "target_recall"),
+        ("annoy", {"build_threads": 0}, "build_threads"),
+    ],
+)
 def test_bad_option_values_are_refused(pset: Any, name: str, values: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         pset.registry.build("index", name, values, dim=4, metric="l2")
@@ -332,6 +346,7 @@ def test_plugin_modules_import_no_heavy_library() -> None:
 
 
 # --- threads ----------------------------------------------------------------------------
+
 
 def test_concurrent_searches_equal_serial(pset: Any, tmp_path: Path) -> None:
     x, q = data(2000, 16), data(400, 16, seed=1)

@@ -75,8 +75,9 @@ class KeyOpener:
 
 def test_opener_for_keys_in_workers() -> None:
     items = [(f"k:{i}", 0) for i in range(6)]
-    loader = DataLoader(ImageFiles(items, load_8x8, opener=KeyOpener()), batch_size=4, num_workers=2,
-                        collate_fn=collate)
+    loader = DataLoader(
+        ImageFiles(items, load_8x8, opener=KeyOpener()), batch_size=4, num_workers=2, collate_fn=collate
+    )
     values = [int(img[0, 0, 0]) for images, *_ in loader for img in images]
     assert values == list(range(6))
 

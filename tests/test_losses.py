@@ -109,7 +109,6 @@ def test_a_few_steps_of_the_whole_pipeline_learn_separable_images(pset: Any) -> 
 
 
 def test_the_plugin_module_does_not_import_torch() -> None:
-    code = ("import sys, pixdex_losses; "
-            "print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))")
+    code = "import sys, pixdex_losses; print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -40,7 +40,9 @@ def leaf(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype).clone().requires_grad_(True)
 
 
-def value_and_grads(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def value_and_grads(
+    fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Evaluate ``fn`` on fresh leaves of ``dtype``; return the value and d value / d each input."""
     leaves = [leaf(t, dtype) for t in inputs]
     value = fn(*leaves)
@@ -59,8 +61,16 @@ def assert_matches(got: tuple[torch.Tensor, list[torch.Tensor]], want: tuple[tor
 
 # --- brute-force references (float64, loops) --------------------------------------------
 
-def arcface_reference(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *, margin: float,
-                      scale: float, label_smoothing: float = 0.0) -> torch.Tensor:
+
+def arcface_reference(
+    emb: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float,
+    scale: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     total = emb.new_zeros(())
     for i in range(emb.shape[0]):
         e = emb[i] / torch.sqrt((emb[i] ** 2).sum())
@@ -81,8 +91,10 @@ def arcface_reference(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     return total / emb.shape[0]
 
 
-def triplet_reference(emb: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str = "euclidean") -> torch.Tensor:
-    z = [e / torch.sqrt((e ** 2).sum()) for e in emb]
+def triplet_reference(
+    emb: torch.Tensor, labels: torch.Tensor, *, margin: float, distance: str = "euclidean"
+) -> torch.Tensor:
+    z = [e / torch.sqrt((e**2).sum()) for e in emb]
 
     def d(i: int, j: int) -> torch.Tensor:
         if distance == "cosine":
@@ -102,7 +114,7 @@ def triplet_reference(emb: torch.Tensor, labels: torch.Tensor, *, margin: float,
 
 
 def supcon_reference(emb: torch.Tensor, labels: torch.Tensor, *, temperature: float) -> torch.Tensor:
-    z = [e / torch.sqrt((e ** 2).sum()) for e in emb]
+    z = [e / torch.sqrt((e**2).sum()) for e in emb]
     n = len(z)
     terms = []
     for i in range(n):
@@ -124,6 +136,7 @@ def random_batch(seed: int, n: int = 12, dim: int = 8) -> torch.Tensor:
 
 
 # --- the contract --------------------------------------------------------------------------
+
 
 def test_registered_with_descriptions_that_cite_their_papers(pset: Any) -> None:
     assert {"cross-entropy", *METRIC_LOSSES} <= set(pset.registry.list("loss"))
@@ -197,8 +210,11 @@ def test_mining_losses_refuse_a_single_class(pset: Any, name: str) -> None:
 
 # --- value and gradient against the references --------------------------------------------
 
+
 @pytest.mark.parametrize(("margin", "scale", "smoothing"), [(0.5, 30.0, 0.0), (0.3, 16.0, 0.1), (0.0, 8.0, 0.0)])
-def test_arcface_matches_the_reference_in_value_and_gradient(pset: Any, margin: float, scale: float, smoothing: float) -> None:
+def test_arcface_matches_the_reference_in_value_and_gradient(
+    pset: Any, margin: float, scale: float, smoothing: float
+) -> None:
     head = build(pset, "arcface", {"margin": margin, "scale": scale, "label_smoothing": smoothing})
     emb, weight = random_batch(1), random_batch(2, n=4)
 
@@ -207,8 +223,14 @@ def test_arcface_matches_the_reference_in_value_and_gradient(pset: Any, margin: 
         return torch.func.functional_call(head, {"weight": w}, (e, LABELS.clamp(max=3)))
 
     got = value_and_grads(ours, emb, weight, dtype=torch.float32)
-    want = value_and_grads(lambda e, w: arcface_reference(e, w, LABELS.clamp(max=3), margin=margin, scale=scale,
-                                                          label_smoothing=smoothing), emb, weight, dtype=torch.float64)
+    want = value_and_grads(
+        lambda e, w: arcface_reference(
+            e, w, LABELS.clamp(max=3), margin=margin, scale=scale, label_smoothing=smoothing
+        ),
+        emb,
+        weight,
+        dtype=torch.float64,
+    )
     assert_matches(got, want)
 
 
@@ -227,8 +249,12 @@ def test_arcface_past_pi_falls_back_to_the_linear_penalty(pset: Any) -> None:
         return torch.func.functional_call(head, {"weight": w}, (e, LABELS.clamp(max=3)))
 
     got = value_and_grads(ours, emb, weight, dtype=torch.float32)
-    want = value_and_grads(lambda e, w: arcface_reference(e, w, LABELS.clamp(max=3), margin=margin, scale=30.0),
-                           emb, weight, dtype=torch.float64)
+    want = value_and_grads(
+        lambda e, w: arcface_reference(e, w, LABELS.clamp(max=3), margin=margin, scale=30.0),
+        emb,
+        weight,
+        dtype=torch.float64,
+    )
     assert_matches(got, want)
 
 
@@ -253,7 +279,9 @@ def test_triplet_matches_the_reference_in_value_and_gradient(pset: Any, margin: 
     head = build(pset, "triplet", {"margin": margin, "distance": distance})
     emb = random_batch(7)
     got = value_and_grads(lambda e: head(e, LABELS), emb, dtype=torch.float32)
-    want = value_and_grads(lambda e: triplet_reference(e, LABELS, margin=margin, distance=distance), emb, dtype=torch.float64)
+    want = value_and_grads(
+        lambda e: triplet_reference(e, LABELS, margin=margin, distance=distance), emb, dtype=torch.float64
+    )
     assert_matches(got, want)
     assert got[0] > 0 and got[1][0].abs().sum() > 0  # the margin is large enough to be active
     # the lonely image is no anchor, but still a negative for the others: dropping it from
@@ -300,7 +328,9 @@ def test_supcon_with_one_class_only_still_has_a_loss(pset: Any) -> None:
     [("triplet", torch.arange(6)), ("triplet", torch.zeros(6, dtype=torch.long)), ("supcon", torch.arange(6))],
     ids=["triplet-no-positives", "triplet-no-negatives", "supcon-no-positives"],  # supcon needs no negatives
 )
-def test_a_batch_with_no_usable_anchor_gives_a_zero_loss_that_still_backpropagates(pset: Any, name: str, labels: torch.Tensor) -> None:
+def test_a_batch_with_no_usable_anchor_gives_a_zero_loss_that_still_backpropagates(
+    pset: Any, name: str, labels: torch.Tensor
+) -> None:
     head = build(pset, name)
     emb = random_batch(12, n=6).requires_grad_(True)
     loss = head(emb, labels)
@@ -340,6 +370,7 @@ def test_bf16_autocast_embeddings_give_a_float32_loss(pset: Any, name: str) -> N
 
 
 # --- learning ----------------------------------------------------------------------------
+
 
 def hidden_clusters(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """4 classes in 16-D that raw cosine similarity cannot tell apart, but a linear map can.

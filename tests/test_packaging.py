@@ -63,8 +63,14 @@ def test_wheel_installed_with_target_is_self_contained(wheel_target: Path, tmp_p
     assert not got["torch"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     env["PYTHONPATH"] = str(wheel_target)
-    proc = subprocess.run([sys.executable, "-m", "pixdex", "plugins", "--json"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixdex", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert all(Path(r["file"]).is_relative_to(wheel_target) for r in json.loads(proc.stdout))
 
@@ -81,8 +87,14 @@ def test_bare_checkout_with_pythonpath(tmp_path: Path):
     assert all(Path(f).is_relative_to(REPO / "plugins") for f in got["files"].values())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     env["PYTHONPATH"] = os.pathsep.join(["core", "plugins", libs])
-    proc = subprocess.run([sys.executable, "-S", "-m", "pixdex", "plugins"], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "pixdex", "plugins"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "pixdex_annoy" in proc.stdout
 
@@ -91,8 +103,15 @@ def test_bare_checkout_with_pythonpath(tmp_path: Path):
 def example_plugin_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """docs/examples/pixdex-example-plugin built and installed with --target."""
     out = tmp_path_factory.mktemp("example")
-    _pip("wheel", str(REPO / "docs/examples/pixdex-example-plugin"), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(out / "dist"))
+    _pip(
+        "wheel",
+        str(REPO / "docs/examples/pixdex-example-plugin"),
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(out / "dist"),
+    )
     (wheel,) = (out / "dist").glob("*.whl")
     _pip("install", "--no-deps", "-q", "--target", str(out / "target"), str(wheel))
     return out / "target"
@@ -101,14 +120,26 @@ def example_plugin_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_example_plugin_is_listed(example_plugin_target: Path, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     env["PYTHONPATH"] = str(example_plugin_target)
-    plugins = subprocess.run([sys.executable, "-m", "pixdex", "plugins", "--json"], capture_output=True,
-                             text=True, env=env, cwd=tmp_path, timeout=120)
+    plugins = subprocess.run(
+        [sys.executable, "-m", "pixdex", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert plugins.returncode == 0, plugins.stderr
     row = next(r for r in json.loads(plugins.stdout) if r["name"] == "pixdex-example-plugin")
     assert row["source"] == "entry point example" and row["components"] == {"indexes": ["numpy-brute"]}
     assert Path(row["file"]).is_relative_to(example_plugin_target)
-    indexes = subprocess.run([sys.executable, "-m", "pixdex", "list", "indexes", "--json"], capture_output=True,
-                             text=True, env=env, cwd=tmp_path, timeout=120)
+    indexes = subprocess.run(
+        [sys.executable, "-m", "pixdex", "list", "indexes", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert "numpy-brute" in [r["name"] for r in json.loads(indexes.stdout)]
 
 
@@ -122,15 +153,55 @@ def test_example_plugin_index_builds_and_searches_by_name(example_plugin_target:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     env["PYTHONPATH"] = str(example_plugin_target)
     common = ["--workers", "0", "--device", "cpu"]
-    build = subprocess.run([sys.executable, "-m", "pixdex", "-q", "index", "build", "simple-cnn", str(data),
-                            "-o", str(tmp_path / "idx"), "--index", "numpy-brute", "--set", "backbone.widths=[4]",
-                            "--set", "backbone.input_size=16", *common, "--json"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixdex",
+            "-q",
+            "index",
+            "build",
+            "simple-cnn",
+            str(data),
+            "-o",
+            str(tmp_path / "idx"),
+            "--index",
+            "numpy-brute",
+            "--set",
+            "backbone.widths=[4]",
+            "--set",
+            "backbone.input_size=16",
+            *common,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     assert json.loads(build.stdout)["index"] == "numpy-brute"
     query = sorted((data / "top").iterdir())[0]
-    found = subprocess.run([sys.executable, "-m", "pixdex", "-q", "search", str(tmp_path / "idx"), str(query),
-                            "-k", "3", "--json", *common], capture_output=True, text=True, env=env, cwd=tmp_path,
-                           timeout=300)
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixdex",
+            "-q",
+            "search",
+            str(tmp_path / "idx"),
+            str(query),
+            "-k",
+            "3",
+            "--json",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["matches"][0]["path"] == str(query)

@@ -9,13 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recognition_data import make_folder_dataset, pattern_image
 from conftest import invoke
+from recognition_data import make_folder_dataset, pattern_image
 
-TINY = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu"]
+TINY = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 RT = ["--workers", "0", "--device", "cpu"]
-
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +51,18 @@ def tiny_index(trained: Path, gallery: Path, tmp_path_factory: pytest.TempPathFa
 
 def test_index_folder_layout(tiny_index: Path):
     manifest = json.loads((tiny_index / "manifest.json").read_text())
-    for key in ("format_version", "model", "dim", "metric", "normalized", "count", "index", "pixdex_version",
-                "created", "files"):
+    for key in (
+        "format_version",
+        "model",
+        "dim",
+        "metric",
+        "normalized",
+        "count",
+        "index",
+        "pixdex_version",
+        "created",
+        "files",
+    ):
         assert key in manifest
     assert manifest["count"] == 30 and manifest["dim"] == 16 and manifest["metric"] == "cosine"
     assert manifest["index"]["name"] == "annoy" and 0 <= manifest["index"]["params"]["recall_at_10"] <= 1
@@ -110,8 +129,10 @@ def test_predict_by_neighbours(tiny_index: Path, gallery: Path, tmp_path: Path):
 
 def test_add_then_remove_gives_back_the_original_results(trained: Path, gallery: Path, tmp_path: Path):
     out = tmp_path / "idx"
-    assert invoke("-q", "index", "build", str(trained), str(gallery), "-o", str(out), *RT,
-                  "--index", "flat").exit_code == 0
+    assert (
+        invoke("-q", "index", "build", str(trained), str(gallery), "-o", str(out), *RT, "--index", "flat").exit_code
+        == 0
+    )
     query = sorted((gallery / "bottom").iterdir())[1]
     before = json.loads(invoke("-q", "search", str(out), str(query), "-k", "8", "--json", *RT).stdout)
     extra = tmp_path / "extra" / "bottom"
@@ -135,9 +156,23 @@ def test_add_then_remove_gives_back_the_original_results(trained: Path, gallery:
 
 def test_backbone_spec_as_model(gallery: Path, tmp_path: Path):
     out = tmp_path / "idx"
-    result = invoke("-q", "index", "build", "simple-cnn", str(gallery), "-o", str(out), *RT,
-                    "--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set", "backbone.input_size=16",
-                    "--json")
+    result = invoke(
+        "-q",
+        "index",
+        "build",
+        "simple-cnn",
+        str(gallery),
+        "-o",
+        str(out),
+        *RT,
+        "--set",
+        "backbone.widths=[4]",
+        "--set",
+        "backbone.embed_dim=8",
+        "--set",
+        "backbone.input_size=16",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["kind"] == "backbone" and manifest["dim"] == 8

@@ -11,19 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recognition_data import make_folder_dataset
-from pixdex.retrieval.metrics import Side, evaluate
 from conftest import invoke
-
+from pixdex.retrieval.metrics import Side, evaluate
+from recognition_data import make_folder_dataset
 
 # --- the reference: the whole score matrix, one sorted ranking per query -----------------------
+
 
 def brute_force(g, g_lab, g_sha, q, q_lab, q_sha, metric, own=None):
     g, q = g.astype(np.float64), q.astype(np.float64)
     if metric == "cosine":
+
         def unit(x):
             n = np.linalg.norm(x, axis=1, keepdims=True)
             return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
         g, q = unit(g), unit(q)
     s = -((q[:, None, :] - g[None, :, :]) ** 2).sum(-1) if metric == "l2" else q @ g.T
     ap, p1, mapr, rec, tops = [], [], [], {1: [], 5: [], 10: []}, {}
@@ -54,9 +56,16 @@ def brute_force(g, g_lab, g_sha, q, q_lab, q_sha, metric, own=None):
             rec[k].append(float(r[:k].any()))
         tops[i] = keep[np.argsort(-s[i, keep], kind="stable")][:10]
     mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-    return {"map": mean(ap), "precision_at_1": mean(p1), "map_at_r": mean(mapr),
-            "recall_at_k": {str(k): mean(v) for k, v in rec.items()}, "queries": len(ap),
-            "queries_without_relevant": without, "excluded_same_sha256": excluded, "tops": tops}
+    return {
+        "map": mean(ap),
+        "precision_at_1": mean(p1),
+        "map_at_r": mean(mapr),
+        "recall_at_k": {str(k): mean(v) for k, v in rec.items()},
+        "queries": len(ap),
+        "queries_without_relevant": without,
+        "excluded_same_sha256": excluded,
+        "tops": tops,
+    }
 
 
 def assert_same(got, want):
@@ -72,8 +81,11 @@ def assert_same(got, want):
 
 def random_side(rng, n, dim, labels, shas, *, ints=False):
     vectors = rng.integers(-2, 3, (n, dim)) if ints else rng.normal(size=(n, dim))
-    return Side(vectors.astype(np.float32), [labels[i] for i in rng.integers(0, len(labels), n)],
-                [shas[i] for i in rng.integers(0, len(shas), n)])
+    return Side(
+        vectors.astype(np.float32),
+        [labels[i] for i in rng.integers(0, len(labels), n)],
+        [shas[i] for i in rng.integers(0, len(shas), n)],
+    )
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
@@ -84,8 +96,9 @@ def test_queries_against_a_gallery_match_brute_force(metric, chunk, block):
     gallery = random_side(rng, 37, 6, ["a", "b", "c", None], shas)
     queries = random_side(rng, 13, 6, ["a", "b", "d", None], shas)
     got = evaluate(gallery, queries, metric=metric, chunk_size=chunk, query_block=block)
-    want = brute_force(gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels,
-                       queries.sha256, metric)
+    want = brute_force(
+        gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels, queries.sha256, metric
+    )
     assert_same(got, want)
     assert got["gallery"] == 37 and got["metric"] == metric
 
@@ -107,13 +120,18 @@ def test_ties_are_pessimistic(metric):
     gallery = random_side(rng, 60, 3, ["a", "b", "c"], [None], ints=True)
     queries = random_side(rng, 20, 3, ["a", "b", "c"], [None], ints=True)
     got = evaluate(gallery, queries, metric=metric, chunk_size=5, query_block=4)
-    assert_same(got, brute_force(gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels,
-                                 queries.sha256, metric))
+    assert_same(
+        got,
+        brute_force(
+            gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels, queries.sha256, metric
+        ),
+    )
 
 
 def test_a_tie_with_an_irrelevant_item_ranks_it_first():
-    gallery = Side(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32), ["no", "yes", "yes"],
-                   [None, None, None])
+    gallery = Side(
+        np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32), ["no", "yes", "yes"], [None, None, None]
+    )
     query = Side(np.array([[1.0, 0.0]], dtype=np.float32), ["yes"], [None])
     got = evaluate(gallery, query, metric="cosine")
     # ranking: no (tie, first), yes (rank 2), yes (rank 3): AP = (1/2 + 2/3) / 2, MAP@R = (1/2) / 2
@@ -137,8 +155,9 @@ def test_exact_top_ten_is_the_brute_force_top_ten():
     gallery = random_side(rng, 50, 8, ["a", "b"], [f"s{i}" for i in range(45)])
     queries = random_side(rng, 9, 8, ["a", "b", None], [f"s{i}" for i in range(45)])
     got = evaluate(gallery, queries, metric="cosine", chunk_size=6, query_block=2, top_k=10)
-    want = brute_force(gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels,
-                       queries.sha256, "cosine")
+    want = brute_force(
+        gallery.vectors, gallery.labels, gallery.sha256, queries.vectors, queries.labels, queries.sha256, "cosine"
+    )
     assert sorted(got["evaluated"].tolist()) == sorted(want["tops"])
     for q, top in zip(got["evaluated"].tolist(), got["exact_top"]):
         assert top.tolist() == want["tops"][q].tolist()
@@ -176,7 +195,6 @@ TINY = ["--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set"
 RT = ["--workers", "0", "--device", "cpu"]
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("evaldata"), per_class=8, test_per_class=4, seed=2)
@@ -188,8 +206,9 @@ def indexes(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     root = tmp_path_factory.mktemp("evalidx")
     out = []
     for split in ("train", "test"):
-        result = invoke("-q", "index", "build", "simple-cnn", str(data), "--split", split, "-o", str(root / split),
-                        *TINY, *RT)
+        result = invoke(
+            "-q", "index", "build", "simple-cnn", str(data), "--split", split, "-o", str(root / split), *TINY, *RT
+        )
         assert result.exit_code == 0, result.output
         out.append(root / split)
     return out[0], out[1]
@@ -212,8 +231,17 @@ def test_command_leave_one_out_matches_brute_force(indexes):
     g, labels, shas = stored(gallery)
     want = brute_force(g, labels, shas, g, labels, shas, "cosine", np.arange(len(g)))
     assert_same(report, want)
-    assert set(report) == {"map", "precision_at_1", "recall_at_k", "map_at_r", "queries", "queries_without_relevant",
-                           "excluded_same_sha256", "gallery", "metric"}
+    assert set(report) == {
+        "map",
+        "precision_at_1",
+        "recall_at_k",
+        "map_at_r",
+        "queries",
+        "queries_without_relevant",
+        "excluded_same_sha256",
+        "gallery",
+        "metric",
+    }
     assert set(report["recall_at_k"]) == {"1", "5", "10"} and report["gallery"] == 24 and report["queries"] == 24
 
 

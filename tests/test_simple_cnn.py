@@ -25,8 +25,13 @@ def build(pset: Any, options: dict | None = None, data: DataInfo = MNIST) -> Any
 
 def test_auto_sizes_follow_the_data(pset: Any) -> None:
     model = build(pset, SMALL, MNIST)
-    assert model.data_config == {"input_size": [1, 28, 28], "mean": [0.13], "std": [0.31],
-                                 "interpolation": "bilinear", "crop_pct": 1.0}
+    assert model.data_config == {
+        "input_size": [1, 28, 28],
+        "mean": [0.13],
+        "std": [0.31],
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     assert model.embed_dim == 16
     assert model.fc.in_features == 8 * 7 * 7
     model = build(pset, SMALL, PHOTOS)  # unknown (mixed) size -> 224
@@ -156,7 +161,8 @@ def test_bad_options_are_refused(pset: Any, options: dict, match: str) -> None:
 
 
 def test_the_plugin_module_does_not_import_torch() -> None:
-    code = ("import sys, pixdex_simple_cnn; "
-            "print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys, pixdex_simple_cnn; print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -62,8 +62,13 @@ def test_forward_gives_embeddings_for_grey_and_rgb_data(pset: Any) -> None:
 
 def test_data_config_comes_from_timm(pset: Any) -> None:
     lite = build(pset, "timm:tf_efficientnet_lite0")
-    assert lite.data_config == {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3,
-                                "interpolation": "bicubic", "crop_pct": 0.875}
+    assert lite.data_config == {
+        "input_size": [3, 224, 224],
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+    }
     grey = build(pset, "timm:resnet18", {"input_size": 128}, data=GREY)
     config = grey.data_config
     assert config["input_size"] == [1, 128, 128]
@@ -96,15 +101,18 @@ def test_unknown_or_missing_model_is_a_config_error_with_a_hint(pset: Any) -> No
         build(pset, "timm:resnet18.not_a_tag")
 
 
-@pytest.mark.parametrize(("options", "fragment"), [
-    ({"in_chans": "rgb"}, "'in_chans'"),
-    ({"input_size": 0}, "'input_size'"),
-    ({"drop_rate": 1.5}, "'drop_rate'"),
-    ({"embed_dim": -1}, "'embed_dim'"),
-    ({"weights": "model.txt"}, "'weights'"),
-    ({"pretrained": True, "weights": "w.safetensors"}, "not both"),
-    ({"colour": 1}, "Unknown option 'colour'"),
-])
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"in_chans": "rgb"}, "'in_chans'"),
+        ({"input_size": 0}, "'input_size'"),
+        ({"drop_rate": 1.5}, "'drop_rate'"),
+        ({"embed_dim": -1}, "'embed_dim'"),
+        ({"weights": "model.txt"}, "'weights'"),
+        ({"pretrained": True, "weights": "w.safetensors"}, "not both"),
+        ({"colour": 1}, "Unknown option 'colour'"),
+    ],
+)
 def test_bad_options_are_config_errors(pset: Any, options: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as exc:
         build(pset, "timm:resnet10t", options)
@@ -112,8 +120,7 @@ def test_bad_options_are_config_errors(pset: Any, options: dict, fragment: str) 
 
 
 def test_plugin_import_stays_light() -> None:
-    code = ("import sys, pixdex_timm; "
-            "print(sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))")
+    code = "import sys, pixdex_timm; print(sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -276,8 +283,13 @@ def _shape_views(rng: random.Random, kind: str) -> list[Image.Image]:
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
         elif kind == "triangle":
             a = rng.uniform(0, 2 * math.pi)
-            draw.polygon([(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
-                          for k in range(3)], fill=colour)
+            draw.polygon(
+                [
+                    (cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+                    for k in range(3)
+                ],
+                fill=colour,
+            )
         else:  # stripes
             period = rng.randint(6, 16)
             for x in range(0, SIDE, period):
@@ -396,6 +408,7 @@ class _Payload:
 def test_a_pickle_that_would_run_code_is_refused(pset: Any, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     state = _random_resnet(pset, 8).body.state_dict()
+
     def plain_pickle(obj: Any, path: Path) -> None:
         path.write_bytes(pickle.dumps(obj))
 
@@ -409,7 +422,8 @@ def test_a_pickle_that_would_run_code_is_refused(pset: Any, tmp_path: Path) -> N
 
 
 def test_trust_checkpoint_loads_a_checkpoint_with_plain_python_objects(
-        pset: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pset: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import argparse
 
     source = _random_resnet(pset, 9)

@@ -12,8 +12,20 @@ from safetensors.torch import load_file
 
 from recognition_data import make_folder_dataset, pattern_image
 
-TINY = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu", "--val-fraction", "0.2"]
+TINY = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--val-fraction",
+    "0.2",
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +42,25 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pixdex.plugins import load_plugins
 
     run = tmp_path_factory.mktemp("runs") / "run"
-    result = CliRunner().invoke(build_cli(load_plugins(entry_points=[])),
-                                ["-q", "train", str(tiny_data), "-o", str(run), "--epochs", "6", "--lr", "0.01", *TINY])
+    result = CliRunner().invoke(
+        build_cli(load_plugins(entry_points=[])),
+        ["-q", "train", str(tiny_data), "-o", str(run), "--epochs", "6", "--lr", "0.01", *TINY],
+    )
     assert result.exit_code == 0, result.output
     return run
 
 
 def test_run_folder_contents(tiny_run: Path):
     names = {p.name for p in tiny_run.iterdir()}
-    assert {"model.safetensors", "last.safetensors", "last.json", "pixdex.json", "history.csv",
-            "skipped.jsonl", "curves.png"} <= names
+    assert {
+        "model.safetensors",
+        "last.safetensors",
+        "last.json",
+        "pixdex.json",
+        "history.csv",
+        "skipped.jsonl",
+        "curves.png",
+    } <= names
     manifest = json.loads((tiny_run / "pixdex.json").read_text())
     assert manifest["status"] == "complete" and manifest["epochs_done"] == 6
     assert manifest["data"]["classes"] == ["bottom", "left", "top"]
@@ -130,8 +151,9 @@ def test_same_seed_same_run(tiny_data: Path, cli_run, tmp_path: Path):
         _train(cli_run, tiny_data, tmp_path / name, "--epochs", "2", "--seed", "3", "--transform", "augment")
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
     assert all((a[k] == b[k]).all() for k in a)
-    assert (tmp_path / "a" / "history.csv").read_text().split("seconds")[0] == \
-        (tmp_path / "b" / "history.csv").read_text().split("seconds")[0]
+    assert (tmp_path / "a" / "history.csv").read_text().split("seconds")[0] == (
+        tmp_path / "b" / "history.csv"
+    ).read_text().split("seconds")[0]
 
 
 def test_unlabelled_data_is_refused(cli_run, tmp_path: Path):
@@ -166,16 +188,36 @@ def test_freeze_backbone_is_a_linear_probe(tiny_data: Path, cli_run, tmp_path: P
 
 def test_unfreeze_after_and_head_lr(tiny_data: Path, cli_run, tmp_path: Path):
     _train(cli_run, tiny_data, tmp_path / "a", "--epochs", "2", "--set", "train.unfreeze_after=1")
-    _train(cli_run, tiny_data, tmp_path / "b", "--epochs", "2", "--set", "train.unfreeze_after=1",
-           "--set", "train.head_lr_mult=3.0")
+    _train(
+        cli_run,
+        tiny_data,
+        tmp_path / "b",
+        "--epochs",
+        "2",
+        "--set",
+        "train.unfreeze_after=1",
+        "--set",
+        "train.head_lr_mult=3.0",
+    )
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
     assert any(not (a[k] == b[k]).all() for k in a if k.startswith("head."))
 
 
 def test_metric_loss_run_predicts_through_an_index(tiny_data: Path, cli_run, tmp_path: Path):
     run = tmp_path / "triplet"
-    _train(cli_run, tiny_data, run, "--epochs", "2", "--loss", "triplet",
-           "--set", "loss.classes_per_batch=3", "--set", "loss.images_per_class=2")
+    _train(
+        cli_run,
+        tiny_data,
+        run,
+        "--epochs",
+        "2",
+        "--loss",
+        "triplet",
+        "--set",
+        "loss.classes_per_batch=3",
+        "--set",
+        "loss.images_per_class=2",
+    )
     manifest = json.loads((run / "pixdex.json").read_text())
     assert manifest["metric"] == "cosine" and manifest["has_classifier"] is False
     image = next((tiny_data / "test" / "top").iterdir())
@@ -183,7 +225,21 @@ def test_metric_loss_run_predicts_through_an_index(tiny_data: Path, cli_run, tmp
     assert refused.exit_code == 1 and "pixdex index build" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     index = tmp_path / "index"
-    assert cli_run("-q", "index", "build", str(run), str(tiny_data / "train"), "-o", str(index),
-                   "--workers", "0", "--device", "cpu").exit_code == 0
+    assert (
+        cli_run(
+            "-q",
+            "index",
+            "build",
+            str(run),
+            str(tiny_data / "train"),
+            "-o",
+            str(index),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ).exit_code
+        == 0
+    )
     voted = cli_run("-q", "predict", str(index), str(image), "--json", "--workers", "0", "--device", "cpu")
     assert voted.exit_code == 0 and json.loads(voted.stdout)[0]["label"] in ("top", "bottom", "left")

@@ -14,15 +14,21 @@ from PIL import Image
 from pixdex.contracts import Transform
 from pixdex.errors import ConfigError
 
-RGB = {"input_size": [3, 16, 16], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3],
-       "interpolation": "bilinear", "crop_pct": 1.0}
+RGB = {
+    "input_size": [3, 16, 16],
+    "mean": [0.4, 0.5, 0.6],
+    "std": [0.2, 0.25, 0.3],
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
 GREY = {"input_size": [1, 16, 16], "mean": [0.5], "std": [0.25], "interpolation": "bilinear", "crop_pct": 1.0}
 # augment settings under which every random step is the identity
 IDENTITY = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0, "jitter": 0.0, "erasing": 0.0}
 
 
-def build(pset: Any, name: str, options: dict | None = None, *, train: bool = True,
-          data_config: dict | None = None) -> Any:
+def build(
+    pset: Any, name: str, options: dict | None = None, *, train: bool = True, data_config: dict | None = None
+) -> Any:
     return pset.registry.build("transform", name, options or {}, train=train, data_config=data_config or RGB)
 
 
@@ -253,7 +259,8 @@ def test_bad_options_are_refused(pset: Any, name: str, options: dict, match: str
 
 
 def test_the_plugin_module_does_not_import_torch() -> None:
-    code = ("import sys, pixdex_transforms; "
-            "print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys, pixdex_transforms; print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

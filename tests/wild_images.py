@@ -61,8 +61,7 @@ def gradient(width: int, height: int, channels: int = 3, seed: int = 0) -> np.nd
     """A deterministic, textured uint8 image (gradients plus a little noise)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = [x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-            (x + y) * 127 // max(width + height - 2, 1)]
+    base = [x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 127 // max(width + height - 2, 1)]
     planes = [np.clip(base[c % 3] + rng.integers(-8, 9, (height, width)), 0, 255) for c in range(channels)]
     arr = np.stack(planes, axis=-1).astype(np.uint8)
     return arr[..., 0] if channels == 1 else arr
@@ -133,8 +132,9 @@ def make_wild_corpus(root: str | os.PathLike[str]) -> dict[str, Any]:
         path.write_bytes(data)
         return os.fsdecode(path)
 
-    def put_image(rel: str, image: Image.Image, fmt: str, mode: str, size: tuple[int, int] | None = None,
-                  **params: Any) -> str:
+    def put_image(
+        rel: str, image: Image.Image, fmt: str, mode: str, size: tuple[int, int] | None = None, **params: Any
+    ) -> str:
         path = put(rel, encode(image, fmt, **params))
         good[path] = {"mode": mode, "size": size or image.size}
         return path
@@ -193,5 +193,4 @@ def make_wild_corpus(root: str | os.PathLike[str]) -> dict[str, Any]:
     ignored.append(put("notes.txt", b"not an image, and not named like one\n"))
     ignored.append(put("bad/.hidden.png", b"hidden files are not listed"))
 
-    return {"root": os.fsdecode(base), "good": good, "bad": bad, "ignored": ignored,
-            "listing_skips": listing_skips}
+    return {"root": os.fsdecode(base), "good": good, "bad": bad, "ignored": ignored, "listing_skips": listing_skips}

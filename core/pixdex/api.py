@@ -1,8 +1,8 @@
 """The Python API. The CLI is a thin layer over these functions.
 
-    >>> import pixdex.api as px
-    >>> plugins = px.load_plugins()
-    >>> px.list_components(plugins, "indexes")
+>>> import pixdex.api as px
+>>> plugins = px.load_plugins()
+>>> px.list_components(plugins, "indexes")
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ def plugins_report(pset: PluginSet) -> list[dict[str, Any]]:
             "module": info.module,
             "file": info.file,
             "components": {
-                PLURALS[c.kind]: sorted(x.name for x in info.components if x.kind == c.kind)
-                for c in info.components
+                PLURALS[c.kind]: sorted(x.name for x in info.components if x.kind == c.kind) for c in info.components
             },
         }
         for info in pset.plugins
@@ -46,14 +45,16 @@ def list_components(pset: PluginSet, kind: str, pattern: str | None = None) -> l
     out = []
     for name in registry.list(kind, pattern):
         component, arg = registry.get(kind, name)
-        out.append({
-            "name": name,
-            "plugin": component.plugin,
-            "description": component.description if arg is None else f"{component.name} variant",
-            "options": {} if arg is not None else {
-                k: (None if v is dataclasses.MISSING else v) for k, v in component.option_fields().items()
-            },
-        })
+        out.append(
+            {
+                "name": name,
+                "plugin": component.plugin,
+                "description": component.description if arg is None else f"{component.name} variant",
+                "options": {}
+                if arg is not None
+                else {k: (None if v is dataclasses.MISSING else v) for k, v in component.option_fields().items()},
+            }
+        )
     return out
 
 
@@ -68,18 +69,35 @@ def configure(
 ) -> Config:
     """Resolve and validate the layered configuration against the loaded plugins."""
     return resolve_config(
-        pset.registry, pset.registry_file, preset=preset, config_file=config_file,
-        flags=flags, sets=sets, environ=environ,
+        pset.registry,
+        pset.registry_file,
+        preset=preset,
+        config_file=config_file,
+        flags=flags,
+        sets=sets,
+        environ=environ,
     )
 
 
-def runtime_config(pset: PluginSet, *, flags: Layer | None = None, sets: list[str] | None = None,
-                   environ: Mapping[str, str] | None = None, what: str = "this command") -> dict[str, Any]:
+def runtime_config(
+    pset: PluginSet,
+    *,
+    flags: Layer | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    what: str = "this command",
+) -> dict[str, Any]:
     """The [runtime] section for commands on a saved run (only runtime keys may change)."""
     from pixdex.config import parse_assignments, runtime_overrides_only
 
     runtime_overrides_only(parse_assignments(list(sets or [])), what)
     runtime_overrides_only(flags or {}, what)
-    config = resolve_config(pset.registry, pset.registry_file, flags=flags, sets=sets, environ=environ,
-                            sections=("runtime", "data", "retrieval"))
+    config = resolve_config(
+        pset.registry,
+        pset.registry_file,
+        flags=flags,
+        sets=sets,
+        environ=environ,
+        sections=("runtime", "data", "retrieval"),
+    )
     return {**config["runtime"], "max_pixels": config["data"]["max_pixels"], "k": config["retrieval"]["k"]}

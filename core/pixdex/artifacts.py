@@ -67,6 +67,7 @@ def crash_point(name: str) -> None:
 
 # --- small durable-file helpers --------------------------------------------------------------
 
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -139,6 +140,7 @@ def read_json(path: str | Path, what: str = "file") -> Any:
 
 # --- locks -----------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def flock(path: Path, *, shared: bool = False, timeout: float = 0.0, what: str = "folder") -> Iterator[None]:
     """Hold an flock on ``path``; wait up to ``timeout`` seconds, then fail with one line."""
@@ -181,6 +183,7 @@ def try_flock(path: Path) -> int | None:
 
 
 # --- recovery --------------------------------------------------------------------------------
+
 
 def _apply_record(folder: Path, record: dict[str, Any], manifest_name: str) -> None:
     """Finish a commit described by ``record`` (idempotent: safe to run again after a crash)."""
@@ -260,6 +263,7 @@ def reading(folder: str | Path, manifest_name: str = "manifest.json") -> Iterato
 
 
 # --- the writer ------------------------------------------------------------------------------
+
 
 class FolderWriter:
     """Stage new files for a folder and commit them together with a new manifest.
@@ -355,7 +359,9 @@ class FolderWriter:
         _check_name(name)
         self._removes.append(name)
 
-    def commit(self, manifest: dict[str, Any] | Callable[[dict[str, dict[str, Any]]], dict[str, Any]]) -> dict[str, str]:
+    def commit(
+        self, manifest: dict[str, Any] | Callable[[dict[str, dict[str, Any]]], dict[str, Any]]
+    ) -> dict[str, str]:
         """Make every staged file and ``manifest`` current, all together.
 
         ``manifest`` may be a function of the staged files' ``{name: {size, sha256}}``, so
@@ -366,17 +372,26 @@ class FolderWriter:
         renames = []
         for name, path in self._staged.items():
             fsync_file(path)
-            renames.append({
-                "src": str(path.relative_to(self.folder)), "dst": name,
-                "size": path.stat().st_size, "sha256": sha256_file(path),
-            })
+            renames.append(
+                {
+                    "src": str(path.relative_to(self.folder)),
+                    "dst": name,
+                    "size": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
         for sub in {p.parent for p in self._staged.values()}:
             fsync_dir(sub)
         crash_point("commit:staged")
         if callable(manifest):
             manifest = manifest({r["dst"]: {"size": r["size"], "sha256": r["sha256"]} for r in renames})
-        record = {"version": 1, "manifest_name": self.manifest_name, "renames": renames,
-                  "removes": [r for r in self._removes if r not in self._staged], "manifest": manifest}
+        record = {
+            "version": 1,
+            "manifest_name": self.manifest_name,
+            "renames": renames,
+            "removes": [r for r in self._removes if r not in self._staged],
+            "manifest": manifest,
+        }
         with flock(self.folder / COMMIT_LOCK_FILE, timeout=60.0):
             atomic_write_bytes(self.folder / COMMIT_RECORD, to_json(record))
             # from here the staged files belong to commit.json: if finishing fails, the next
@@ -393,12 +408,18 @@ class FolderWriter:
 
 def _check_name(name: str) -> None:
     reserved = (COMMIT_RECORD, LOCK_FILE, COMMIT_LOCK_FILE)
-    if (name.startswith("/") or ".." in Path(name).parts or name in reserved or _TMP_RE.search(name)
-            or any(part.startswith(".staging-") for part in Path(name).parts)):
+    if (
+        name.startswith("/")
+        or ".." in Path(name).parts
+        or name in reserved
+        or _TMP_RE.search(name)
+        or any(part.startswith(".staging-") for part in Path(name).parts)
+    ):
         raise ArtifactError(f"invalid artifact file name {name!r}")
 
 
 # --- safetensors -----------------------------------------------------------------------------
+
 
 def tensors_to_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
     """Serialise CPU tensors as safetensors (contiguous copies; shared storage is not allowed)."""
@@ -429,5 +450,7 @@ def load_safetensors(path: str | Path, what: str = "weights file") -> tuple[dict
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{what} {path} is not a valid safetensors file ({exc}); it may be truncated or corrupt") from None
+        raise ArtifactError(
+            f"{what} {path} is not a valid safetensors file ({exc}); it may be truncated or corrupt"
+        ) from None
     return tensors, header.get("__metadata__", {}) or {}

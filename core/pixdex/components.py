@@ -109,9 +109,7 @@ class Registry:
             return registry[name], arg
         known = self.names(kind)
         hint = suggest(name, known) or (f" Known: {', '.join(sorted(known, key=natural_key))}." if known else "")
-        raise UnknownComponentError(
-            f"Unknown {kind} '{spec}'.{hint} (`pixdex list {PLURALS[kind]}` shows them all)"
-        )
+        raise UnknownComponentError(f"Unknown {kind} '{spec}'.{hint} (`pixdex list {PLURALS[kind]}` shows them all)")
 
     def list(self, kind: str, pattern: str | None = None, *, expand: bool = False) -> list[str]:
         """Names of ``kind`` matching a shell-style ``pattern``, naturally sorted.
@@ -159,8 +157,7 @@ def call_factory(component: Component, options: Any, **context: Any) -> Any:
         raise
     except Exception as exc:  # plugin code: report it by name instead of a traceback
         raise PluginError(
-            f"{component.kind} '{component.name}' from plugin '{component.plugin}' failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"{component.kind} '{component.name}' from plugin '{component.plugin}' failed: {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -174,14 +171,13 @@ def validate_options(component: Component, values: Mapping[str, Any]) -> Any:
     for key in values:
         if key not in fields:
             valid = ", ".join(fields) or "none"
-            raise ConfigError(
-                f"Unknown option '{key}' for {where}.{suggest(key, list(fields))} Valid options: {valid}"
-            )
+            raise ConfigError(f"Unknown option '{key}' for {where}.{suggest(key, list(fields))} Valid options: {valid}")
     clean: dict[str, Any] = {}
     for key, value in values.items():
         clean[key] = coerce(value, hints.get(key, Any), f"{where} option '{key}'")
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in clean and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
     ]
     if missing:
@@ -279,7 +275,14 @@ class Register:
             raise PluginError(f"{self.kind} '{name}': argument '{argument}' is not one of its options")
         self.staged.append(
             Component(
-                kind=self.kind, name=name, factory=factory, plugin=self.plugin, options=options,
-                description=description, detect=detect, argument=argument, variants=variants,
+                kind=self.kind,
+                name=name,
+                factory=factory,
+                plugin=self.plugin,
+                options=options,
+                description=description,
+                detect=detect,
+                argument=argument,
+                variants=variants,
             )
         )

@@ -83,7 +83,7 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
             layer.setdefault(section, {})[key] = parse_value(environ[var])
     for var, value in environ.items():
         if var.startswith("PIXDEX_") and "__" in var and value != "":
-            section, _, key = var[len("PIXDEX_"):].lower().partition("__")
+            section, _, key = var[len("PIXDEX_") :].lower().partition("__")
             layer.setdefault(section, {})[key] = parse_value(value)
     return layer
 
@@ -197,8 +197,7 @@ def validate_fixed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(
-                f"Unknown key '{key}' in [{section}].{suggest(key, list(fields))} "
-                f"Valid keys: {', '.join(fields)}"
+                f"Unknown key '{key}' in [{section}].{suggest(key, list(fields))} Valid keys: {', '.join(fields)}"
             )
         out[key] = coerce(value, hints[key], f"[{section}] {key}")
     if section == "runtime":
@@ -251,6 +250,7 @@ def runtime_overrides_only(layer: Layer, what: str) -> None:
 
 # --- a small TOML writer: config show must round-trip, and tomllib only reads ---------------
 
+
 def dump_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     lines: list[str] = []
     for section, values in sections.items():
@@ -286,5 +286,3 @@ def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     raise ConfigError(f"cannot write {value!r} to TOML")
-
-

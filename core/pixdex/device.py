@@ -27,6 +27,7 @@ class World(Protocol):
     @property
     def distributed(self) -> bool: ...
 
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -94,11 +95,15 @@ def resolve_device(spec: str = "auto", *, notify: Callable[[str], None] | None =
             raise DeviceError("Device 'mps' is not available on this machine: use --device cpu or auto")
         return "mps"
     if not torch.cuda.is_available():
-        raise DeviceError(f"Device '{spec}' is not available: this machine has no usable CUDA GPU; use --device cpu or auto")
+        raise DeviceError(
+            f"Device '{spec}' is not available: this machine has no usable CUDA GPU; use --device cpu or auto"
+        )
     index = int(spec.split(":")[1]) if ":" in spec else 0
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"Device '{spec}' is not available: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        raise DeviceError(
+            f"Device '{spec}' is not available: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+        )
     return f"cuda:{index}"
 
 
@@ -135,12 +140,18 @@ def process_device(spec: str, world: World | None = None, *, notify: Callable[[s
     ranked = rank_device_spec(spec, world)
     if ranked != check_device_spec(spec) and world is not None:
         (notify or (lambda line: print(line, file=sys.stderr)))(
-            f"pixdex: device {spec} -> {ranked} (process {world.rank} of {world.size})")
+            f"pixdex: device {spec} -> {ranked} (process {world.rank} of {world.size})"
+        )
     return resolve_device(ranked, notify=notify)
 
 
-def placement(device: str = "auto", precision: str = "auto", *, world: World | None = None,
-              notify: Callable[[str], None] | None = None) -> Placement:
+def placement(
+    device: str = "auto",
+    precision: str = "auto",
+    *,
+    world: World | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> Placement:
     """Resolve device and precision together for this process of ``world`` (default: a
     single process); channels_last is used on CUDA only."""
     dev = process_device(device, world, notify=notify)

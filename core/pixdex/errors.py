@@ -43,9 +43,7 @@ def suggest(word: str, candidates: "list[str] | tuple[str, ...]") -> str:
     """Return ' Did you mean: x?' for the closest candidates, or '' (kedro-style hints)."""
     import difflib
 
-    scored = sorted(
-        ((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in set(candidates)), reverse=True
-    )
+    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in set(candidates)), reverse=True)
     # keep only the clear front-runners: 'register_indexs' suggests register_indexes alone
     close = [c for score, c in scored if score >= 0.6 and score >= scored[0][0] - 0.1][:3]
     return f" Did you mean: {', '.join(close)}?" if close else ""

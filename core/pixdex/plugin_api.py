@@ -58,9 +58,25 @@ _LAZY = {
 }
 
 __all__ = [
-    "ArtifactError", "ConfigError", "DataInfo", "Dataset", "DeviceError", "Item", "METRICS",
-    "MissingDependencyError", "PixdexError", "Register", "SkipReport", "Transform", "UsageError",
-    "hookimpl", "import_optional", "natural_key", "resolve_device", "suggest", *_LAZY,
+    "ArtifactError",
+    "ConfigError",
+    "DataInfo",
+    "Dataset",
+    "DeviceError",
+    "Item",
+    "METRICS",
+    "MissingDependencyError",
+    "PixdexError",
+    "Register",
+    "SkipReport",
+    "Transform",
+    "UsageError",
+    "hookimpl",
+    "import_optional",
+    "natural_key",
+    "resolve_device",
+    "suggest",
+    *_LAZY,
 ]
 
 

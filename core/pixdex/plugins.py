@@ -60,7 +60,12 @@ class PluginSet:
                     try:
                         impl.function(cli=cli)
                     except Exception as exc:  # plugin code: isolate, report, keep the CLI up
-                        _report(self, info.name, f"register_commands raised {type(exc).__name__}: {exc}", builtin=info.source == "builtin")
+                        _report(
+                            self,
+                            info.name,
+                            f"register_commands raised {type(exc).__name__}: {exc}",
+                            builtin=info.source == "builtin",
+                        )
 
 
 def strict_from_env() -> bool:
@@ -111,8 +116,13 @@ def load_plugins(
         if pm.is_registered(module) or name in {p.name for p in pset.plugins}:
             _report(pset, name, f"entry point '{ep.name}' loads a module that is already registered")
             continue
-        info = PluginInfo(name, version, f"entry point {ep.name}", getattr(module, "__name__", ep.value),
-                          getattr(module, "__file__", None))
+        info = PluginInfo(
+            name,
+            version,
+            f"entry point {ep.name}",
+            getattr(module, "__name__", ep.value),
+            getattr(module, "__file__", None),
+        )
         _register(pset, module, info, builtin=False)
 
     for line in pset.registry.warnings:
@@ -127,7 +137,8 @@ def _selected_entry_points(
     if load is not None:
         wanted = {w.strip().lower().replace("_", "-") for w in load.split(",") if w.strip()}
         eps = [
-            ep for ep in eps
+            ep
+            for ep in eps
             if (ep.dist.name if ep.dist else ep.name).lower().replace("_", "-") in wanted
             or ep.name.lower().replace("_", "-") in wanted
         ]
@@ -163,7 +174,9 @@ def _register(pset: PluginSet, module: ModuleType, info: PluginInfo, *, builtin:
                 impl.function(register=register)
             except Exception as exc:  # plugin code: isolate it
                 pm.unregister(module)
-                _report(pset, info.name, f"register_{PLURALS[kind]} raised {type(exc).__name__}: {exc}", builtin=builtin)
+                _report(
+                    pset, info.name, f"register_{PLURALS[kind]} raised {type(exc).__name__}: {exc}", builtin=builtin
+                )
                 return
             staged.extend(register.staged)
     for component in staged:

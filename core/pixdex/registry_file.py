@@ -45,7 +45,8 @@ def find_registry() -> Path:
         if path.is_file():
             return path
     raise ConfigError(
-        "registry.toml not found (looked in: " + ", ".join(str(p) for p in registry_candidates())
+        "registry.toml not found (looked in: "
+        + ", ".join(str(p) for p in registry_candidates())
         + "); reinstall pixdex or set PIXDEX_REGISTRY"
     )
 

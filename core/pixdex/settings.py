@@ -72,4 +72,3 @@ FIXED_SECTIONS: dict[str, type] = {
 }
 COMPONENT_SECTIONS: tuple[str, ...] = ("backbone", "transform", "loss", "index")
 RUNTIME_KEYS = tuple(RuntimeSettings.__dataclass_fields__)
-

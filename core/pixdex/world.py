@@ -90,7 +90,7 @@ def launch_torchrun(app: Any, command: str) -> int:
     for i, arg in enumerate(args):
         if arg == "--nproc" and i + 1 < len(args):
             nproc = args[i + 1]
-            del args[i:i + 2]
+            del args[i : i + 2]
             break
         if arg.startswith("--nproc="):
             nproc = arg.split("=", 1)[1]
@@ -100,8 +100,16 @@ def launch_torchrun(app: Any, command: str) -> int:
         from pixdex.errors import UsageError
 
         raise UsageError("--nproc launches from the real command line only (use torchrun directly here)")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "pixdex", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "pixdex",
+        *args,
+    ]
     app.note("pixdex: launching " + " ".join(cmd[1:]))
     return subprocess.call(cmd)
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
-from pixdex.plugin_api import import_optional
+from pixdex.plugin_api import ConfigError, import_optional
 
 if TYPE_CHECKING:
     from pixdex.plugin_api import Register
-
     from pixdex_annoy.index import AnnoyIndex
 
 __all__ = ["AnnoyOptions", "AnnoyIndex", "make_annoy", "measure_recall", "search_k_candidates", "register_indexes"]
@@ -62,8 +60,14 @@ def make_annoy(options: AnnoyOptions, *, dim: int, metric: str) -> AnnoyIndex:
 
     annoy = import_optional("annoy", "the 'annoy' index")
     return AnnoyIndex(
-        annoy, dim=dim, metric=metric, n_trees=options.n_trees, search_k=options.search_k,
-        target_recall=options.target_recall, tune_queries=options.tune_queries, seed=options.seed,
+        annoy,
+        dim=dim,
+        metric=metric,
+        n_trees=options.n_trees,
+        search_k=options.search_k,
+        target_recall=options.target_recall,
+        tune_queries=options.tune_queries,
+        seed=options.seed,
         build_threads=options.build_threads,
     )
 

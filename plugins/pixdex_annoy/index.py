@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
 from pixdex.plugin_api import check_dim, check_matrix, check_metric, normalise
+from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
 
 ANNOY_METRIC: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
 INDEX_FILE = "index.ann"
 META_FILE = "annoy.json"
-
 
 
 class AnnoyIndex:
@@ -149,15 +148,19 @@ class AnnoyIndex:
         ids = np.full((len(results), k), -1, dtype=np.int64)
         scores = np.full((len(results), k), -np.inf, dtype=np.float32)
         for row, ((found, _), row_scores) in enumerate(zip(results, self._scores([d for _, d in results]))):
-            ids[row, :len(found)] = found
-            scores[row, :len(found)] = row_scores
+            ids[row, : len(found)] = found
+            scores[row, : len(found)] = row_scores
         return ids, scores
 
     def _query_rows(self, queries: Any) -> list[list[float]]:
         """The queries as Python lists, checked as :func:`check_matrix` checks them; a
         float32 matrix (the usual case) skips the conversions."""
-        if not (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
-                and queries.shape[1] == self.dim):
+        if not (
+            type(queries) is np.ndarray
+            and queries.dtype == np.float32
+            and queries.ndim == 2
+            and queries.shape[1] == self.dim
+        ):
             return check_matrix(queries, self.dim, "queries").tolist()
         if not np.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")

@@ -19,6 +19,7 @@ class Searchable(Protocol):
 
     def search_with(self, queries: np.ndarray, k: int, search_k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+
 TUNE_K = 10  # recall is measured at 10, the usual "top of the page"
 _EXACT_CHUNK = 16384  # gallery rows per brute-force step: sample x chunk float64 scores
 
@@ -66,7 +67,7 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) ->
     best_keys = np.empty((len(queries), 0))
     best_ids = np.empty((len(queries), 0), dtype=np.int64)
     for start in range(0, len(vectors), _EXACT_CHUNK):
-        chunk_keys = rank_keys(queries, vectors[start:start + _EXACT_CHUNK], metric)
+        chunk_keys = rank_keys(queries, vectors[start : start + _EXACT_CHUNK], metric)
         chunk_ids = np.broadcast_to(np.arange(start, start + chunk_keys.shape[1]), chunk_keys.shape)
         best_keys = np.concatenate([best_keys, chunk_keys], axis=1)
         best_ids = np.concatenate([best_ids, chunk_ids], axis=1)

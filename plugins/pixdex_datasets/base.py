@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from pixdex.plugin_api import natural_key
-from pixdex.plugin_api import Item
-from pixdex.plugin_api import PixdexError
+from pixdex.plugin_api import Item, PixdexError, natural_key
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
@@ -24,12 +22,14 @@ class ListedDataset:
     ``evaluate`` and ``embed`` can read a divided data set whole.
     """
 
-    def __init__(self, splits: dict[str, list[Item]], skipped: list[dict[str, str]] | None = None,
-                 *, where: str = "") -> None:
+    def __init__(
+        self, splits: dict[str, list[Item]], skipped: list[dict[str, str]] | None = None, *, where: str = ""
+    ) -> None:
         self._splits = splits
         self.skipped: list[dict[str, str]] = list(skipped or [])
-        self.classes: list[str] = sort_classes(label for items in splits.values() for _, label in items
-                                               if label is not None)
+        self.classes: list[str] = sort_classes(
+            label for items in splits.values() for _, label in items if label is not None
+        )
         self.where = where
 
     def splits(self) -> list[str]:

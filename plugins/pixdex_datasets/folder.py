@@ -20,10 +20,7 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from pixdex.plugin_api import Item
-from pixdex.plugin_api import PixdexError
-from pixdex.plugin_api import has_image_extension, list_images, skip_entry
-
+from pixdex.plugin_api import Item, PixdexError, has_image_extension, list_images, skip_entry
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path
 
 
@@ -138,7 +135,7 @@ def read_class_folders(root: str, *, loose_unlabelled: bool = False) -> tuple[li
     loose: list[str] = []
     prefix = root.rstrip(os.sep) + os.sep  # list_images joins onto root as given
     for path in paths:
-        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
         parts = rel.split(os.sep)
         if len(parts) < 2:
             loose.append(path)
@@ -175,8 +172,10 @@ def make_folder(options: FolderOptions, *, spec: str = "") -> FolderDataset:
         splits["all"], skipped = read_class_folders(root)
     dataset = FolderDataset(splits, skipped, where=root)
     if not split_layout and not dataset.classes:
-        raise PixdexError(f"DATA path {root} has no class subfolders with images"
-                          f"{_skip_summary(skipped)} (an unlabelled folder reads with --labels none)")
+        raise PixdexError(
+            f"DATA path {root} has no class subfolders with images"
+            f"{_skip_summary(skipped)} (an unlabelled folder reads with --labels none)"
+        )
     if not len(dataset):
         raise PixdexError(f"DATA path {root} holds no image files in {', '.join(splits)}{_skip_summary(skipped)}")
     return dataset

@@ -26,9 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from pixdex.plugin_api import Item
-from pixdex.plugin_api import PixdexError
-
+from pixdex.plugin_api import Item, PixdexError
 from pixdex_datasets.base import existing_path, sort_classes
 
 if TYPE_CHECKING:
@@ -37,8 +35,16 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 KINDS = ("auto", "fashion-mnist", "mnist")
@@ -128,11 +134,13 @@ def read_idx(path: str, expect_magic: int) -> "np.ndarray":
     header = 4 + 4 * ndim
     if len(data) < header:
         raise PixdexError(f"corrupt IDX file {path}: header cut short")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = int(np.prod(dims, dtype=np.int64))
     if len(data) - header != expected:
-        raise PixdexError(f"corrupt IDX file {path}: header declares {'x'.join(map(str, dims))} "
-                          f"= {expected} bytes of data, file holds {len(data) - header}")
+        raise PixdexError(
+            f"corrupt IDX file {path}: header declares {'x'.join(map(str, dims))} "
+            f"= {expected} bytes of data, file holds {len(data) - header}"
+        )
     # a writable copy: torch.from_numpy warns about read-only buffers
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
@@ -163,9 +171,11 @@ class IdxDataset:
             if len(images) != len(labels):
                 raise PixdexError(f"corrupt IDX pair in {self.folder}: {len(images)} images but {len(labels)} labels")
             if len(labels) and int(labels.max()) >= len(self._names):
-                raise PixdexError(f"IDX file {labels_file} has label {int(labels.max())}, but the idx "
-                                  f"reader knows {len(self._names)} classes (MNIST, Fashion-MNIST): "
-                                  "corrupt, or another data set")
+                raise PixdexError(
+                    f"IDX file {labels_file} has label {int(labels.max())}, but the idx "
+                    f"reader knows {len(self._names)} classes (MNIST, Fashion-MNIST): "
+                    "corrupt, or another data set"
+                )
             self._arrays[split] = (images, labels)
         return self._arrays[split]
 
@@ -223,7 +233,9 @@ def make_idx(options: IdxOptions, *, spec: str = "") -> IdxDataset:
     root = existing_path(options.path, "idx")
     folder, files = find_idx_files(root)
     if not files:
-        raise PixdexError(f"DATA path {root} holds no IDX files (train-images-idx3-ubyte[.gz] and "
-                          "train-labels-idx1-ubyte[.gz], or t10k-*), directly or under raw/ or FashionMNIST/raw/")
+        raise PixdexError(
+            f"DATA path {root} holds no IDX files (train-images-idx3-ubyte[.gz] and "
+            "train-labels-idx1-ubyte[.gz], or t10k-*), directly or under raw/ or FashionMNIST/raw/"
+        )
     fashion = options.kind == "fashion-mnist" or (options.kind == "auto" and is_fashion(folder))
     return IdxDataset(folder, files, FASHION_MNIST_CLASSES if fashion else DIGIT_CLASSES)

@@ -17,10 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from pixdex.plugin_api import Item
-from pixdex.plugin_api import PixdexError
-from pixdex.plugin_api import skip_entry
-
+from pixdex.plugin_api import Item, PixdexError, skip_entry
 from pixdex_datasets.base import SPLIT_NAMES, ListedDataset, existing_path, optional_label
 
 

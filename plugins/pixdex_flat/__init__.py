@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pixdex.plugin_api import ConfigError, resolve_device
 from pixdex.hookspecs import hookimpl
+from pixdex.plugin_api import ConfigError, resolve_device
 
 if TYPE_CHECKING:
     from pixdex.plugin_api import Register
-
     from pixdex_flat.index import FlatIndex
 
 __all__ = ["FlatOptions", "FlatIndex", "make_flat", "register_indexes"]
@@ -44,8 +43,9 @@ def make_flat(options: FlatOptions, *, dim: int, metric: str) -> FlatIndex:
             raise ConfigError(f"index 'flat' option '{key}' must be at least 1, got {getattr(options, key)}")
     # the core's resolver gives 'auto' and one-line errors for absent devices
     device = resolve_device(options.device)
-    return FlatIndex(dim=dim, metric=metric, device=device, chunk_size=options.chunk_size,
-                     query_chunk=options.query_chunk)
+    return FlatIndex(
+        dim=dim, metric=metric, device=device, chunk_size=options.chunk_size, query_chunk=options.query_chunk
+    )
 
 
 def __getattr__(name: str) -> Any:

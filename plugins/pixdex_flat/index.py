@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from pixdex.plugin_api import check_dim, check_matrix, check_metric, normalise
 
 FILE = "flat.npy"
 # l2 scores are recomputed exactly for the final top-k; this bounds that step's scratch
 # memory (queries x k x dim floats) to about 16 MiB per block
 _RECOMPUTE_FLOATS = 1 << 22
-
 
 
 class FlatIndex:
@@ -29,8 +29,9 @@ class FlatIndex:
     instance may be searched from many threads.
     """
 
-    def __init__(self, *, dim: int, metric: str, device: str = "cpu", chunk_size: int = 65536,
-                 query_chunk: int = 1024) -> None:
+    def __init__(
+        self, *, dim: int, metric: str, device: str = "cpu", chunk_size: int = 65536, query_chunk: int = 1024
+    ) -> None:
         self.dim = check_dim(dim, "flat")
         self.metric = check_metric(metric, "flat")
         self.device = device
@@ -73,10 +74,10 @@ class FlatIndex:
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         kk = min(k, len(gallery))
         for start in range(0, len(queries), self.query_chunk):
-            block = queries[start:start + self.query_chunk]
+            block = queries[start : start + self.query_chunk]
             block_ids, block_scores = self._search_block(gallery, block, kk)
-            ids[start:start + len(block), :kk] = block_ids
-            scores[start:start + len(block), :kk] = block_scores
+            ids[start : start + len(block), :kk] = block_ids
+            scores[start : start + len(block), :kk] = block_scores
         return ids, scores
 
     def _search_block(self, gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +87,7 @@ class FlatIndex:
         best_scores = torch.empty((len(q), 0), dtype=torch.float32, device=self.device)
         best_ids = torch.empty((len(q), 0), dtype=torch.int64, device=self.device)
         for start in range(0, len(gallery), self.chunk_size):
-            x = _tensor(gallery[start:start + self.chunk_size], self.device)
+            x = _tensor(gallery[start : start + self.chunk_size], self.device)
             if self.metric == "l2":
                 # rank by 2 q.x - |x|^2 (= |q|^2 - |q - x|^2, the |q|^2 term is constant per
                 # query), fused into one addmm; exact distances for the winners come below
@@ -115,9 +116,9 @@ class FlatIndex:
         step = max(1, _RECOMPUTE_FLOATS // (k * self.dim))
         out_ids, out_scores = [], []
         for start in range(0, len(q), step):
-            block_ids = ids[start:start + step]
+            block_ids = ids[start : start + step]
             rows = _tensor(gallery[block_ids.cpu().numpy().ravel()], self.device).view(len(block_ids), k, self.dim)
-            dist = (q[start:start + step, None, :] - rows).norm(dim=2)
+            dist = (q[start : start + step, None, :] - rows).norm(dim=2)
             # 0 - d rather than -d: a self-match scores 0.0, not -0.0
             scores, order = torch.sort(0.0 - dist, dim=1, descending=True, stable=True)
             out_scores.append(scores)

@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
+from pixdex.plugin_api import ConfigError
 
 if TYPE_CHECKING:
     from pixdex.plugin_api import Register
@@ -32,8 +32,15 @@ if TYPE_CHECKING:
     from pixdex_losses.triplet import BatchHardTriplet
 
 __all__ = [
-    "ArcFaceOptions", "CrossEntropyOptions", "SupConOptions", "TripletOptions",
-    "make_arcface", "make_cross_entropy", "make_supcon", "make_triplet", "register_losses",
+    "ArcFaceOptions",
+    "CrossEntropyOptions",
+    "SupConOptions",
+    "TripletOptions",
+    "make_arcface",
+    "make_cross_entropy",
+    "make_supcon",
+    "make_triplet",
+    "register_losses",
 ]
 
 
@@ -60,15 +67,18 @@ def make_cross_entropy(options: CrossEntropyOptions | None, *, embed_dim: int, n
     """Factory for ``cross-entropy``: a linear classifier on the embeddings, trained with softmax cross-entropy."""
     options = options or CrossEntropyOptions()
     if not 0.0 <= options.label_smoothing < 1.0:
-        raise ConfigError(f"loss 'cross-entropy' option 'label_smoothing' must be in [0, 1), got {options.label_smoothing}")
+        raise ConfigError(
+            f"loss 'cross-entropy' option 'label_smoothing' must be in [0, 1), got {options.label_smoothing}"
+        )
     _check_sizes("cross-entropy", embed_dim, num_classes)
     from pixdex_losses.cross_entropy import CrossEntropy
 
     return CrossEntropy(embed_dim, num_classes, label_smoothing=options.label_smoothing)
 
 
-def _check_number(name: str, key: str, value: float, *, low: float, low_open: bool = False,
-                  high: float | None = None) -> None:
+def _check_number(
+    name: str, key: str, value: float, *, low: float, low_open: bool = False, high: float | None = None
+) -> None:
     """Refuse an option outside its range (NaN and infinities included) with a ConfigError."""
     too_low = value <= low if low_open else value < low
     if not math.isfinite(value) or too_low or (high is not None and value >= high):
@@ -87,11 +97,15 @@ def _check_pk(name: str, classes_per_batch: int, images_per_class: int, num_clas
     if classes_per_batch < 2:
         raise ConfigError(f"loss '{name}' option 'classes_per_batch' must be at least 2, got {classes_per_batch}")
     if images_per_class < 2:
-        raise ConfigError(f"loss '{name}' option 'images_per_class' must be at least 2 (an anchor needs a "
-                          f"positive), got {images_per_class}")
+        raise ConfigError(
+            f"loss '{name}' option 'images_per_class' must be at least 2 (an anchor needs a "
+            f"positive), got {images_per_class}"
+        )
     if num_classes < 2:
-        raise ConfigError(f"loss '{name}' needs at least 2 classes to contrast, got num_classes={num_classes}; "
-                          f"use 'cross-entropy' or add classes")
+        raise ConfigError(
+            f"loss '{name}' needs at least 2 classes to contrast, got num_classes={num_classes}; "
+            f"use 'cross-entropy' or add classes"
+        )
     return min(classes_per_batch, num_classes), images_per_class
 
 
@@ -120,8 +134,9 @@ def make_arcface(options: ArcFaceOptions | None, *, embed_dim: int, num_classes:
     _check_sizes("arcface", embed_dim, num_classes)
     from pixdex_losses.arcface import ArcFace
 
-    return ArcFace(embed_dim, num_classes, margin=options.margin, scale=options.scale,
-                   label_smoothing=options.label_smoothing)
+    return ArcFace(
+        embed_dim, num_classes, margin=options.margin, scale=options.scale, label_smoothing=options.label_smoothing
+    )
 
 
 @dataclass
@@ -149,8 +164,7 @@ def make_triplet(options: TripletOptions | None, *, embed_dim: int, num_classes:
     p, k = _check_pk("triplet", options.classes_per_batch, options.images_per_class, num_classes)
     from pixdex_losses.triplet import BatchHardTriplet
 
-    return BatchHardTriplet(margin=options.margin, classes_per_batch=p, images_per_class=k,
-                            distance=options.distance)
+    return BatchHardTriplet(margin=options.margin, classes_per_batch=p, images_per_class=k, distance=options.distance)
 
 
 @dataclass
@@ -182,11 +196,27 @@ def make_supcon(options: SupConOptions | None, *, embed_dim: int, num_classes: i
 @hookimpl
 def register_losses(register: Register) -> None:
     """Register the built-in losses."""
-    register("cross-entropy", make_cross_entropy, options=CrossEntropyOptions,
-             description="linear classifier with softmax cross-entropy (optional label smoothing)")
-    register("arcface", make_arcface, options=ArcFaceOptions,
-             description="additive angular margin on learnable class centres (Deng et al. 2019); classifies; cosine")
-    register("triplet", make_triplet, options=TripletOptions,
-             description="batch-hard triplet loss on P x K batches (Hermans et al. 2017); cosine")
-    register("supcon", make_supcon, options=SupConOptions,
-             description="supervised contrastive loss on P x K batches (Khosla et al. 2020); cosine")
+    register(
+        "cross-entropy",
+        make_cross_entropy,
+        options=CrossEntropyOptions,
+        description="linear classifier with softmax cross-entropy (optional label smoothing)",
+    )
+    register(
+        "arcface",
+        make_arcface,
+        options=ArcFaceOptions,
+        description="additive angular margin on learnable class centres (Deng et al. 2019); classifies; cosine",
+    )
+    register(
+        "triplet",
+        make_triplet,
+        options=TripletOptions,
+        description="batch-hard triplet loss on P x K batches (Hermans et al. 2017); cosine",
+    )
+    register(
+        "supcon",
+        make_supcon,
+        options=SupConOptions,
+        description="supervised contrastive loss on P x K batches (Khosla et al. 2020); cosine",
+    )

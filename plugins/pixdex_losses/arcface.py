@@ -33,8 +33,15 @@ class ArcFace(nn.Module):
 
     metric = "cosine"
 
-    def __init__(self, embed_dim: int, num_classes: int, *, margin: float = 0.5, scale: float = 30.0,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        *,
+        margin: float = 0.5,
+        scale: float = 30.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         nn.init.xavier_uniform_(self.weight)  # insightface's initialisation; the scale is irrelevant after normalising
@@ -72,5 +79,7 @@ class ArcFace(nn.Module):
             return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return (f"classes={self.weight.shape[0]}, embed_dim={self.weight.shape[1]}, margin={self.margin}, "
-                f"scale={self.scale}, label_smoothing={self.label_smoothing}")
+        return (
+            f"classes={self.weight.shape[0]}, embed_dim={self.weight.shape[1]}, margin={self.margin}, "
+            f"scale={self.scale}, label_smoothing={self.label_smoothing}"
+        )

@@ -31,8 +31,14 @@ class BatchHardTriplet(nn.Module):
 
     metric = "cosine"
 
-    def __init__(self, *, margin: float = 0.2, classes_per_batch: int = 16, images_per_class: int = 4,
-                 distance: str = "euclidean") -> None:
+    def __init__(
+        self,
+        *,
+        margin: float = 0.2,
+        classes_per_batch: int = 16,
+        images_per_class: int = 4,
+        distance: str = "euclidean",
+    ) -> None:
         super().__init__()
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")

@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
+from pixdex.plugin_api import ConfigError
 
 if TYPE_CHECKING:
-    from pixdex.plugin_api import Register
-    from pixdex.plugin_api import DataInfo
+    from pixdex.plugin_api import DataInfo, Register
     from pixdex_simple_cnn.model import SimpleCNN
 
 __all__ = ["SimpleCNNOptions", "make_simple_cnn", "resolve_input_size", "register_backbones"]
@@ -82,7 +81,9 @@ def _check(options: SimpleCNNOptions) -> None:
     if options.convs_per_stage < 1:
         problems.append(f"'convs_per_stage' must be at least 1, got {options.convs_per_stage}")
     if options.kernel_size < 1 or options.kernel_size % 2 == 0:
-        problems.append(f"'kernel_size' must be a positive odd integer (so padding keeps the size), got {options.kernel_size}")
+        problems.append(
+            f"'kernel_size' must be a positive odd integer (so padding keeps the size), got {options.kernel_size}"
+        )
     if not 0.0 <= options.dropout < 1.0:
         problems.append(f"'dropout' must be in [0, 1), got {options.dropout}")
     if options.embed_dim < 1:
@@ -108,9 +109,14 @@ def make_simple_cnn(options: SimpleCNNOptions | None, *, data: DataInfo) -> Simp
     from pixdex_simple_cnn.model import SimpleCNN, data_config
 
     model = SimpleCNN(
-        in_chans=in_chans, input_size=size, widths=list(options.widths),
-        convs_per_stage=options.convs_per_stage, batch_norm=options.batch_norm,
-        kernel_size=options.kernel_size, dropout=options.dropout, embed_dim=options.embed_dim,
+        in_chans=in_chans,
+        input_size=size,
+        widths=list(options.widths),
+        convs_per_stage=options.convs_per_stage,
+        batch_norm=options.batch_norm,
+        kernel_size=options.kernel_size,
+        dropout=options.dropout,
+        embed_dim=options.embed_dim,
     )
     model.data_config = data_config(in_chans, size, data.mean, data.std)
     return model
@@ -119,5 +125,9 @@ def make_simple_cnn(options: SimpleCNNOptions | None, *, data: DataInfo) -> Simp
 @hookimpl
 def register_backbones(register: Register) -> None:
     """Register the ``simple-cnn`` backbone."""
-    register("simple-cnn", make_simple_cnn, options=SimpleCNNOptions,
-             description="small CNN trained from scratch (the reference tutorial's network, configurable)")
+    register(
+        "simple-cnn",
+        make_simple_cnn,
+        options=SimpleCNNOptions,
+        description="small CNN trained from scratch (the reference tutorial's network, configurable)",
+    )

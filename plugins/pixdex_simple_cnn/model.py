@@ -34,8 +34,9 @@ class SimpleCNN(nn.Module):
         for stage_width in widths:
             for _ in range(convs_per_stage):
                 # with batch norm right after, a conv bias would only be cancelled by its mean
-                layers.append(nn.Conv2d(channels, stage_width, kernel_size, padding=kernel_size // 2,
-                                        bias=not batch_norm))
+                layers.append(
+                    nn.Conv2d(channels, stage_width, kernel_size, padding=kernel_size // 2, bias=not batch_norm)
+                )
                 if batch_norm:
                     layers.append(nn.BatchNorm2d(stage_width))
                 layers.append(nn.ReLU(inplace=True))

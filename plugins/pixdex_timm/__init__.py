@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from pixdex.plugin_api import DataInfo, Register
     from pixdex_timm.model import TimmBackbone
 
-__all__ = ["TimmOptions", "make_timm", "list_timm_models", "register_backbones", "LITE_MODELS",
-           "WEIGHT_SUFFIXES"]
+__all__ = ["TimmOptions", "make_timm", "list_timm_models", "register_backbones", "LITE_MODELS", "WEIGHT_SUFFIXES"]
+
 
 def list_timm_models() -> list[str]:
     """Every model name timm can build (the variants ``timm:NAME`` accepts)."""
@@ -62,6 +62,12 @@ def make_timm(options: TimmOptions | None, *, data: DataInfo) -> TimmBackbone:
 @hookimpl
 def register_backbones(register: Register) -> None:
     """Register the ``timm`` backbone (spec ``timm:MODEL``)."""
-    register("timm", make_timm, options=TimmOptions, argument="model", variants=list_timm_models,
-             description="any timm model as an embedding network (timm:MODEL); offline ImageNet "
-                         "weights for tf_efficientnet_lite0/1/2")
+    register(
+        "timm",
+        make_timm,
+        options=TimmOptions,
+        argument="model",
+        variants=list_timm_models,
+        description="any timm model as an embedding network (timm:MODEL); offline ImageNet "
+        "weights for tf_efficientnet_lite0/1/2",
+    )

@@ -41,24 +41,30 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def map_lite_state_dict(source: dict[str, torch.Tensor], body: nn.Module, *, where: str
-                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def map_lite_state_dict(
+    source: dict[str, torch.Tensor], body: nn.Module, *, where: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Pair ``source`` (efficientnet_pytorch layout) with ``body``'s keys in order.
 
     Returns the state dict for ``body`` (its own step counters kept) and the classifier
     ``{"weight", "bias"}``. A 3-channel stem is adapted when ``body`` has another
     ``in_chans``, as timm does for its own pretrained weights.
     """
-    classifier = {part: source[f"{SOURCE_CLASSIFIER}.{part}"] for part in ("weight", "bias")
-                  if f"{SOURCE_CLASSIFIER}.{part}" in source}
+    classifier = {
+        part: source[f"{SOURCE_CLASSIFIER}.{part}"]
+        for part in ("weight", "bias")
+        if f"{SOURCE_CLASSIFIER}.{part}" in source
+    }
     if set(classifier) != {"weight", "bias"}:
         raise ArtifactError(f"{where} has no {SOURCE_CLASSIFIER}.weight/.bias: not an efficientnet_pytorch checkpoint")
     src = [(k, v) for k, v in source.items() if not _is_counter(k) and not k.startswith(SOURCE_CLASSIFIER + ".")]
     own = body.state_dict()
     dst = [k for k in own if not _is_counter(k)]
     if len(src) != len(dst):
-        raise ArtifactError(f"{where} holds {len(src)} tensors (without {SOURCE_CLASSIFIER} and step counters), "
-                            f"timm's model has {len(dst)}: they do not map one to one")
+        raise ArtifactError(
+            f"{where} holds {len(src)} tensors (without {SOURCE_CLASSIFIER} and step counters), "
+            f"timm's model has {len(dst)}: they do not map one to one"
+        )
     first_conv = f"{body.pretrained_cfg.get('first_conv', 'conv_stem')}.weight"
     out: dict[str, torch.Tensor] = {}
     for (src_key, tensor), dst_key in zip(src, dst):

@@ -28,8 +28,9 @@ class TimmBackbone(nn.Module):
     folders and ``embed_dim`` never depend on it.
     """
 
-    def __init__(self, body: nn.Module, *, model_name: str, embed_dim: int = 0,
-                 data_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, body: nn.Module, *, model_name: str, embed_dim: int = 0, data_config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.body = body
         self.model_name = model_name
@@ -114,7 +115,6 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
     """Create the timm model, load its weights (see the package docstring), wrap it."""
     import timm
 
-
     name = options.model.strip()
     arch = resolve_model_name(name)
     in_chans = int(data.in_chans) if options.in_chans == "auto" else int(options.in_chans)
@@ -122,8 +122,11 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, "drop_rate": options.drop_rate}
     if options.drop_path_rate > 0:  # not every model takes it: pass it only when asked for
         kwargs["drop_path_rate"] = options.drop_path_rate
-    if size is not None and timm.models.get_pretrained_cfg(arch) is not None \
-            and getattr(timm.models.get_pretrained_cfg(arch), "fixed_input_size", False):
+    if (
+        size is not None
+        and timm.models.get_pretrained_cfg(arch) is not None
+        and getattr(timm.models.get_pretrained_cfg(arch), "fixed_input_size", False)
+    ):
         kwargs["img_size"] = size  # ViT-like models bake their input size into the weights
 
     lite = options.pretrained and arch in LITE_MODELS
@@ -137,8 +140,9 @@ def build_backbone(options: TimmOptions, *, data: DataInfo) -> TimmBackbone:
             raise ConfigError(f"backbone 'timm:{name}' does not accept these options: {exc}") from None
         source = "random"
 
-    backbone = TimmBackbone(body, model_name=name, embed_dim=options.embed_dim,
-                            data_config=data_config_of(body, in_chans, size))
+    backbone = TimmBackbone(
+        body, model_name=name, embed_dim=options.embed_dim, data_config=data_config_of(body, in_chans, size)
+    )
     if lite:
         backbone.classifier_state = load_lite_pretrained(body, arch)
         source = f"pretrained ({arch} ImageNet checkpoint from pixdex[pretrained])"
@@ -167,7 +171,7 @@ def load_weights_file(backbone: TimmBackbone, path: str, *, trust: bool = False)
     """
     tensors = strip_prefix(read_state_dict(path, trust=trust), "module.")
     if any(k.startswith("backbone.") for k in tensors) and all(k.startswith(("backbone.", "head.")) for k in tensors):
-        tensors = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        tensors = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
     body = backbone.body
     wrapped = bool(tensors) and all(k.startswith(("body.", "proj.")) for k in tensors)
     target: nn.Module = backbone if wrapped else body
@@ -181,7 +185,7 @@ def load_weights_file(backbone: TimmBackbone, path: str, *, trust: bool = False)
         extra = {k for k in tensors if k.startswith(f"{prefix}{head}.") and k not in own}
         if not extra:
             continue
-        parts = {k[len(prefix) + len(head) + 1:]: tensors.pop(k) for k in extra}
+        parts = {k[len(prefix) + len(head) + 1 :]: tensors.pop(k) for k in extra}
         if len(heads) == 1 and set(parts) <= {"weight", "bias"} and "weight" in parts and parts["weight"].ndim == 2:
             classifier_state = parts
 

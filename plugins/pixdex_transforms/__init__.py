@@ -19,15 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
+from pixdex.plugin_api import ConfigError
 
 if TYPE_CHECKING:
     from pixdex.plugin_api import Register
     from pixdex_transforms.transform import ImageTransform
 
-__all__ = ["INTERPOLATIONS", "StandardOptions", "AugmentOptions", "make_standard", "make_augment",
-           "register_transforms"]
+__all__ = [
+    "INTERPOLATIONS",
+    "StandardOptions",
+    "AugmentOptions",
+    "make_standard",
+    "make_augment",
+    "register_transforms",
+]
 
 # the resampling filters PIL offers (timm's data configs name them the same way)
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -110,16 +116,30 @@ def make_augment(options: AugmentOptions | None, *, train: bool, data_config: di
     # output, bit for bit) is exactly that of `standard`
     params = None
     if train:
-        params = AugmentParams(scale=tuple(options.scale), ratio=tuple(options.ratio), flip=options.flip,
-                               jitter=options.jitter, erasing=options.erasing)
-    return ImageTransform.from_data_config(data_config, train=train, interpolation=options.interpolation,
-                                           augment=params)
+        params = AugmentParams(
+            scale=tuple(options.scale),
+            ratio=tuple(options.ratio),
+            flip=options.flip,
+            jitter=options.jitter,
+            erasing=options.erasing,
+        )
+    return ImageTransform.from_data_config(
+        data_config, train=train, interpolation=options.interpolation, augment=params
+    )
 
 
 @hookimpl
 def register_transforms(register: Register) -> None:
     """Register the ``standard`` and ``augment`` transforms."""
-    register("standard", make_standard, options=StandardOptions,
-             description="resize, centre crop and normalise (no augmentation)")
-    register("augment", make_augment, options=AugmentOptions,
-             description="standard plus on-device random resized crop, flip, colour jitter and erasing when training")
+    register(
+        "standard",
+        make_standard,
+        options=StandardOptions,
+        description="resize, centre crop and normalise (no augmentation)",
+    )
+    register(
+        "augment",
+        make_augment,
+        options=AugmentOptions,
+        description="standard plus on-device random resized crop, flip, colour jitter and erasing when training",
+    )

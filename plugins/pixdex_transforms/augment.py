@@ -102,8 +102,7 @@ def erase_after_normalise(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     left = torch.floor(u[:, 4] * (w - ew + 1)).view(b, 1, 1)
     rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
     cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
-    inside = ((rows >= top) & (rows < top + eh.view(b, 1, 1))
-              & (cols >= left) & (cols < left + ew.view(b, 1, 1)))
+    inside = (rows >= top) & (rows < top + eh.view(b, 1, 1)) & (cols >= left) & (cols < left + ew.view(b, 1, 1))
     mask = (inside & apply.view(b, 1, 1)).unsqueeze(1)  # [B, 1, H, W], broadcast over channels
     # 0 after normalisation is the dataset's mean colour, as in torchvision's RandomErasing
     return x.masked_fill(mask, 0.0)

@@ -73,15 +73,20 @@ class ImageTransform:
         self._constants: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_data_config(cls, data_config: dict[str, Any], *, train: bool, interpolation: str = "",
-                         augment: AugmentParams | None = None) -> ImageTransform:
+    def from_data_config(
+        cls, data_config: dict[str, Any], *, train: bool, interpolation: str = "", augment: AugmentParams | None = None
+    ) -> ImageTransform:
         """Build from a backbone's ``data_config``; a non-empty ``interpolation`` overrides its own."""
         in_chans, height, width = data_config["input_size"]
         return cls(
-            in_chans=int(in_chans), size=(int(height), int(width)),
-            mean=data_config["mean"], std=data_config["std"],
+            in_chans=int(in_chans),
+            size=(int(height), int(width)),
+            mean=data_config["mean"],
+            std=data_config["std"],
             interpolation=interpolation or data_config.get("interpolation", "bilinear"),
-            crop_pct=float(data_config.get("crop_pct", 1.0)), train=train, augment=augment,
+            crop_pct=float(data_config.get("crop_pct", 1.0)),
+            train=train,
+            augment=augment,
         )
 
     # -- per image, in data-loader workers -------------------------------------------------
@@ -163,5 +168,7 @@ class ImageTransform:
 
     def __repr__(self) -> str:
         kind = "augment" if self.augment is not None else "standard"
-        return (f"ImageTransform({kind}, train={self.train}, in_chans={self.in_chans}, size={self.size}, "
-                f"interpolation={self.interpolation!r}, crop_pct={self.crop_pct})")
+        return (
+            f"ImageTransform({kind}, train={self.train}, in_chans={self.in_chans}, size={self.size}, "
+            f"interpolation={self.interpolation!r}, crop_pct={self.crop_pct})"
+        )

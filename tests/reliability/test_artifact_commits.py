@@ -39,8 +39,9 @@ def write_version(folder: Path, version: str, crash_at: str | None = None) -> su
     env = {k: v for k, v in os.environ.items() if k != "PIXDEX_CRASH_AT"}
     if crash_at:
         env["PIXDEX_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-c", WRITER, str(folder), version], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", WRITER, str(folder), version], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_whole(folder: Path) -> str:
@@ -55,8 +56,11 @@ def assert_whole(folder: Path) -> str:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if ".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json")
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if ".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json"
+    )
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

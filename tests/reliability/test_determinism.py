@@ -12,11 +12,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recognition_data import make_folder_dataset
 from conftest import invoke as _invoke
+from recognition_data import make_folder_dataset
 
-ARGS = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "2", "--device", "cpu", "--epochs", "2", "--seed", "5", "--preset", "photos"]
+ARGS = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "2",
+    "--device",
+    "cpu",
+    "--epochs",
+    "2",
+    "--seed",
+    "5",
+    "--preset",
+    "photos",
+]
 
 
 def invoke(*args: str):
@@ -33,10 +49,22 @@ def twice(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for name in ("a", "b"):
         run = root / name
         invoke("-q", "train", str(data), "-o", str(run), *ARGS)
-        invoke("-q", "index", "build", str(run), str(data), "-o", str(run / "index"), "--workers", "2",
-               "--device", "cpu")
-        search = invoke("-q", "search", str(run / "index"), str(data / "top"), "-k", "5", "--json",
-                        "--workers", "2", "--device", "cpu")
+        invoke(
+            "-q", "index", "build", str(run), str(data), "-o", str(run / "index"), "--workers", "2", "--device", "cpu"
+        )
+        search = invoke(
+            "-q",
+            "search",
+            str(run / "index"),
+            str(data / "top"),
+            "-k",
+            "5",
+            "--json",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+        )
         (run / "search.json").write_text(search.stdout)
         out.append(run)
     return out
@@ -60,8 +88,13 @@ def test_augmentation_draws_differ_by_batch_epoch_and_process():
     from pixdex.plugins import load_plugins
 
     pset = load_plugins(entry_points=[])
-    data_config = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear",
-                   "crop_pct": 1.0}
+    data_config = {
+        "input_size": [3, 16, 16],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     t = pset.registry.build("transform", "augment", {}, train=True, data_config=data_config)
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     draws = {}

@@ -26,8 +26,9 @@ def pixdex(*args: str, crash_at: str | None = None) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     if crash_at:
         env["PIXDEX_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "pixdex", "-q", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pixdex", "-q", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def original(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 def results(index: Path) -> tuple[int, list]:
     """(count, top-5 ids for the first 6 stored vectors) through the public open path."""
-    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
+    from pixdex.retrieval.index_folder import open_index
 
     opened = open_index(index, load_plugins(entry_points=[]))
     ids, _ = opened.ann.search(np.asarray(opened.embeddings[:6]), 5)
@@ -61,8 +62,11 @@ def results(index: Path) -> tuple[int, list]:
 
 
 def leftovers(index: Path) -> list[str]:
-    return [p.name for p in index.rglob("*") if ".tmp-" in p.name or p.name.startswith(".staging-")
-            or p.name == "commit.json"]
+    return [
+        p.name
+        for p in index.rglob("*")
+        if ".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json"
+    ]
 
 
 # the index's own points and both sides of commit.json; test_artifact_commits kills the
@@ -76,8 +80,9 @@ def test_rebuild_killed(point: str, original: Path, data: dict[str, Path], tmp_p
     index = tmp_path / "index"
     shutil.copytree(original, index)
     before = results(index)
-    proc = pixdex("index", "build", "simple-cnn", str(data["extra"]), "-o", str(index), "--force", *RT, *MODEL,
-                  crash_at=point)
+    proc = pixdex(
+        "index", "build", "simple-cnn", str(data["extra"]), "-o", str(index), "--force", *RT, *MODEL, crash_at=point
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     count, _ = after = results(index)
     if point in ("index:built", "commit:staged"):

@@ -25,8 +25,9 @@ MODEL = ["--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set
 def pixdex(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pixdex", *args], capture_output=True, text=True, env=full,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pixdex", *args], capture_output=True, text=True, env=full, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +67,24 @@ CASES = {
     "dim": (lambda ix: (_edit_manifest(ix, dim=32), _resign(ix)), "embeddings have dim 8 but the manifest says 32"),
     "metric": (lambda ix: _edit_manifest(ix, metric="l2"), "manifest.json was modified"),
     "count": (lambda ix: (_edit_manifest(ix, count=99), _resign(ix)), "rows but the manifest says count 99"),
-    "format version": (lambda ix: (_edit_manifest(ix, format_version=99), _resign(ix)),
-                       "index format version 99 is not supported"),
-    "truncated annoy file": (lambda ix: (ix / "index" / "index.ann").write_bytes(
-        (ix / "index" / "index.ann").read_bytes()[:100]), "index/index.ann is 100 bytes"),
-    "replaced annoy file": (lambda ix: (ix / "index" / "index.ann").write_bytes(
-        bytes(len((ix / "index" / "index.ann").read_bytes()))), "does not match its checksum"),
-    "replaced model": (lambda ix: (ix / "model" / "model.safetensors").write_bytes(
-        (ix / "model" / "model.safetensors").read_bytes()[::-1]), "model/model.safetensors does not match"),
+    "format version": (
+        lambda ix: (_edit_manifest(ix, format_version=99), _resign(ix)),
+        "index format version 99 is not supported",
+    ),
+    "truncated annoy file": (
+        lambda ix: (ix / "index" / "index.ann").write_bytes((ix / "index" / "index.ann").read_bytes()[:100]),
+        "index/index.ann is 100 bytes",
+    ),
+    "replaced annoy file": (
+        lambda ix: (ix / "index" / "index.ann").write_bytes(bytes(len((ix / "index" / "index.ann").read_bytes()))),
+        "does not match its checksum",
+    ),
+    "replaced model": (
+        lambda ix: (ix / "model" / "model.safetensors").write_bytes(
+            (ix / "model" / "model.safetensors").read_bytes()[::-1]
+        ),
+        "model/model.safetensors does not match",
+    ),
     "missing embeddings": (lambda ix: (ix / "embeddings.npy").unlink(), "embeddings.npy is missing"),
     "edited items": (lambda ix: (ix / "items.jsonl").write_text("{}\n"), "items.jsonl is"),
 }
@@ -103,8 +114,13 @@ def refusals(pristine: Path, collection: Path, tmp_path_factory: pytest.TempPath
         tamper(folders[case])
     query = str(sorted((collection / "top").iterdir())[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
-    proc = subprocess.run([sys.executable, "-c", SEARCH_ALL, query, *map(str, folders.values())],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SEARCH_ALL, query, *map(str, folders.values())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     got = json.loads(proc.stdout)
     return {case: got[str(folder)] for case, folder in folders.items()}
@@ -126,8 +142,8 @@ def test_pristine_copy_still_works(pristine: Path, collection: Path, tmp_path: P
 
 
 def test_replacing_an_index_does_not_disturb_an_open_searcher(pristine: Path, collection: Path, tmp_path: Path):
-    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
+    from pixdex.retrieval.index_folder import open_index
 
     index = _copy(pristine, tmp_path)
     opened = open_index(index, load_plugins(entry_points=[]))
@@ -138,8 +154,9 @@ def test_replacing_an_index_does_not_disturb_an_open_searcher(pristine: Path, co
     rng = np.random.default_rng(1)
     for i in range(6):
         pattern_image("left", rng).save(other / f"{i}.png")
-    proc = pixdex("-q", "index", "build", "simple-cnn", str(other), "-o", str(index), "--force", *RT, *MODEL,
-                  "--labels", "none")
+    proc = pixdex(
+        "-q", "index", "build", "simple-cnn", str(other), "-o", str(index), "--force", *RT, *MODEL, "--labels", "none"
+    )
     assert proc.returncode == 0, proc.stderr
     after = opened.ann.search(queries, 5)
     assert (before[0] == after[0]).all() and np.allclose(before[1], after[1])
@@ -147,11 +164,11 @@ def test_replacing_an_index_does_not_disturb_an_open_searcher(pristine: Path, co
 
 
 def test_eight_threads_equal_serial(pristine: Path):
-    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
+    from pixdex.retrieval.index_folder import open_index
 
     opened = open_index(pristine, load_plugins(entry_points=[]))
-    queries = [np.asarray(opened.embeddings[i:i + 1]) for i in range(len(opened.embeddings))]
+    queries = [np.asarray(opened.embeddings[i : i + 1]) for i in range(len(opened.embeddings))]
     serial = [opened.ann.search(q, 7) for q in queries]
     with ThreadPoolExecutor(max_workers=8) as pool:
         threaded = list(pool.map(lambda q: opened.ann.search(q, 7), queries * 4))
@@ -170,8 +187,16 @@ def test_two_concurrent_adds_never_corrupt(pristine: Path, tmp_path: Path):
             pattern_image("bottom", rng).save(folder / f"{name}{i}.png")
         folders.append(folder.parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
-    procs = [subprocess.Popen([sys.executable, "-m", "pixdex", "-q", "index", "add", str(index), str(f), *RT],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for f in folders]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pixdex", "-q", "index", "add", str(index), str(f), *RT],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for f in folders
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     info = pixdex("index", "info", str(index), "--json")

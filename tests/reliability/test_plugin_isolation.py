@@ -10,8 +10,15 @@ from conftest import make_dist
 from pixdex.errors import PluginError
 from pixdex.plugins import load_plugins
 
-BUILTINS = ["pixdex_datasets", "pixdex_transforms", "pixdex_simple_cnn", "pixdex_timm",
-            "pixdex_losses", "pixdex_flat", "pixdex_annoy"]
+BUILTINS = [
+    "pixdex_datasets",
+    "pixdex_transforms",
+    "pixdex_simple_cnn",
+    "pixdex_timm",
+    "pixdex_losses",
+    "pixdex_flat",
+    "pixdex_annoy",
+]
 
 GOOD = """
 from dataclasses import dataclass
@@ -74,11 +81,14 @@ def test_external_plugin_is_discovered_through_its_entry_point(site: Path):
     assert pset.registry.build("index", "toy-index", {"size": 5}, dim=4, metric="l2") == ("toy", 5, 4, "l2")
 
 
-@pytest.mark.parametrize("source, reason", [
-    (RAISES_ON_IMPORT, "import failed: RuntimeError: boom at import"),
-    (MISSPELT, "unknown hook 'register_indexs'. Did you mean: register_indexes?"),
-    (HOOK_RAISES, "register_backbones raised ValueError: broken hook"),
-])
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        (RAISES_ON_IMPORT, "import failed: RuntimeError: boom at import"),
+        (MISSPELT, "unknown hook 'register_indexs'. Did you mean: register_indexes?"),
+        (HOOK_RAISES, "register_backbones raised ValueError: broken hook"),
+    ],
+)
 def test_broken_plugin_is_skipped_with_one_line(site: Path, source: str, reason: str):
     make_dist(site, "pixdex-test-bad", "pixdex_test_bad", source)
     make_dist(site, "pixdex-test-good", "pixdex_test_good", GOOD)
@@ -104,15 +114,17 @@ def test_duplicate_name_first_wins_with_a_warning_naming_both(site: Path):
     pset = load_plugins(warn=lines.append)
     component, _ = pset.registry.get("index", "flat")
     assert component.plugin == "pixdex_flat"
-    assert lines == ["pixdex: warning: index 'flat' from plugin 'pixdex-test-dup' ignored: "
-                     "plugin 'pixdex_flat' registered it first"]
+    assert lines == [
+        "pixdex: warning: index 'flat' from plugin 'pixdex-test-dup' ignored: plugin 'pixdex_flat' registered it first"
+    ]
 
 
 def test_factory_that_raises_is_reported_by_name(site: Path):
     make_dist(site, "pixdex-test-boom", "pixdex_test_boom", FACTORY_RAISES)
     pset = load_plugins()
-    with pytest.raises(PluginError, match="index 'exploding' from plugin 'pixdex-test-boom' failed: "
-                                          "RuntimeError: factory exploded"):
+    with pytest.raises(
+        PluginError, match="index 'exploding' from plugin 'pixdex-test-boom' failed: RuntimeError: factory exploded"
+    ):
         pset.registry.build("index", "exploding", dim=2, metric="l2")
 
 

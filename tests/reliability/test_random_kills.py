@@ -19,18 +19,40 @@ import pytest
 from recognition_data import make_folder_dataset
 
 pytestmark = pytest.mark.slow
-MODEL = ["--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set", "backbone.input_size=16",
-         "--workers", "0", "--device", "cpu"]
+MODEL = [
+    "--set",
+    "backbone.widths=[4]",
+    "--set",
+    "backbone.embed_dim=8",
+    "--set",
+    "backbone.input_size=16",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 def command(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pixdex", "-q", "index", "build", "simple-cnn", str(data), "-o", str(out),
-            "--force", *MODEL]
+    return [
+        sys.executable,
+        "-m",
+        "pixdex",
+        "-q",
+        "index",
+        "build",
+        "simple-cnn",
+        str(data),
+        "-o",
+        str(out),
+        "--force",
+        *MODEL,
+    ]
 
 
 def state(index: Path) -> tuple[int, list]:
-    from pixdex.retrieval.index_folder import open_index
     from pixdex.plugins import load_plugins
+    from pixdex.retrieval.index_folder import open_index
 
     opened = open_index(index, load_plugins(entry_points=[]))
     ids, _ = opened.ann.search(np.asarray(opened.embeddings[:4]), 3)
@@ -53,14 +75,16 @@ def test_five_random_kills(tmp_path: Path):
     for moment in sorted(rng.uniform(0.2, 1.0) * duration for _ in range(5)):
         index = tmp_path / f"kill-{moment:.2f}"
         shutil.copytree(original, index)
-        proc = subprocess.Popen(command(new_data, index), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command(new_data, index), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(moment)
         proc.kill()
         proc.wait()
         got = state(index)
         assert got in (before, after_new), f"killed after {moment:.2f}s: neither old nor new"
         outcomes.append("old" if got == before else "new")
-        assert not [p for p in index.rglob("*") if ".tmp-" in p.name or p.name.startswith(".staging-")
-                    or p.name == "commit.json"]
+        assert not [
+            p
+            for p in index.rglob("*")
+            if ".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json"
+        ]
     print("outcomes:", outcomes)

@@ -14,16 +14,33 @@ from safetensors.torch import load_file
 
 from recognition_data import make_folder_dataset
 
-ARGS = ["--set", "backbone.widths=[4,8]", "--set", "backbone.embed_dim=16", "--batch-size", "8",
-        "--workers", "0", "--device", "cpu", "--seed", "1"]
+ARGS = [
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+]
 
 
 def train(data: Path, run: Path, *extra: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     if crash_at:
         env["PIXDEX_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "pixdex", "-q", "train", str(data), "-o", str(run), *ARGS, *extra],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pixdex", "-q", "train", str(data), "-o", str(run), *ARGS, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +62,8 @@ def test_killed_during_the_second_checkpoint(point: str, data: Path, straight: P
     run = tmp_path / "run"
     proc = train(data, run, "--epochs", "3", crash_at=f"{point}@2")
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    from pixdex.plugins import load_plugins
     from pixdex.pipeline.runs import load_run
+    from pixdex.plugins import load_plugins
 
     loaded = load_run(run, load_plugins(entry_points=[]))  # opens, rolling forward if needed
     done = loaded.manifest["epochs_done"]
@@ -54,7 +71,8 @@ def test_killed_during_the_second_checkpoint(point: str, data: Path, straight: P
     assert done == (1 if point == "train:checkpoint" else 2)
     resumed = train(data, run, "--epochs", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert not any(".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json"
-                   for p in run.rglob("*"))
+    assert not any(
+        ".tmp-" in p.name or p.name.startswith(".staging-") or p.name == "commit.json" for p in run.rglob("*")
+    )
     a, b = load_file(straight / "last.safetensors"), load_file(run / "last.safetensors")
     assert all((a[k] == b[k]).all() for k in a if k.startswith("model."))

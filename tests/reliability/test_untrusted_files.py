@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognition_data import make_folder_dataset
 from conftest import invoke
+from recognition_data import make_folder_dataset
 
 RT = ["--workers", "0", "--device", "cpu", "--batch-size", "4"]
 TIMM = ["--set", "backbone.input_size=32"]
@@ -26,7 +26,6 @@ class Evil:
 
     def __reduce__(self):
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +68,17 @@ def test_broken_weight_files_are_one_line(data: Path, tmp_path: Path):
     for name, content in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
-        result = invoke("embed", "timm:resnet10t", str(data), "-o", str(tmp_path / f"out-{name}"), *RT, *TIMM,
-                        "--set", f"backbone.weights={path}")
+        result = invoke(
+            "embed",
+            "timm:resnet10t",
+            str(data),
+            "-o",
+            str(tmp_path / f"out-{name}"),
+            *RT,
+            *TIMM,
+            "--set",
+            f"backbone.weights={path}",
+        )
         assert result.exit_code == 1, (name, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, (name, result.stderr)
 
@@ -82,17 +90,32 @@ def test_wrong_architecture_lists_the_keys(data: Path, tmp_path: Path):
     other = timm.create_model("resnet18", num_classes=0)
     path = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, path)
-    result = invoke("embed", "timm:resnet10t", str(data), "-o", str(tmp_path / "out"), *RT, *TIMM,
-                    "--set", f"backbone.weights={path}")
+    result = invoke(
+        "embed",
+        "timm:resnet10t",
+        str(data),
+        "-o",
+        str(tmp_path / "out"),
+        *RT,
+        *TIMM,
+        "--set",
+        f"backbone.weights={path}",
+    )
     assert result.exit_code == 1
     assert "does not fit" in result.stderr and ("missing" in result.stderr or "shape mismatch" in result.stderr)
     # a run folder whose weights were swapped for another architecture's
     run = tmp_path / "run"
-    assert invoke("-q", "train", str(data), "-o", str(run), "--epochs", "1", *RT,
-                  "--set", "backbone.widths=[4]").exit_code == 0
+    assert (
+        invoke("-q", "train", str(data), "-o", str(run), "--epochs", "1", *RT, "--set", "backbone.widths=[4]").exit_code
+        == 0
+    )
     other_run = tmp_path / "run2"
-    assert invoke("-q", "train", str(data), "-o", str(other_run), "--epochs", "1", *RT,
-                  "--set", "backbone.widths=[8]").exit_code == 0
+    assert (
+        invoke(
+            "-q", "train", str(data), "-o", str(other_run), "--epochs", "1", *RT, "--set", "backbone.widths=[8]"
+        ).exit_code
+        == 0
+    )
     shutil.copy(other_run / "model.safetensors", run / "model.safetensors")
     refused = invoke("predict", str(run), str(next((data / "top").iterdir())), *RT)
     assert refused.exit_code == 1 and "shape mismatch" in refused.stderr and "backbone." in refused.stderr
@@ -100,8 +123,10 @@ def test_wrong_architecture_lists_the_keys(data: Path, tmp_path: Path):
 
 def test_pixdex_writes_no_pickle(data: Path, tmp_path: Path):
     run, index = tmp_path / "run", tmp_path / "index"
-    assert invoke("-q", "train", str(data), "-o", str(run), "--epochs", "1", *RT,
-                  "--set", "backbone.widths=[4]").exit_code == 0
+    assert (
+        invoke("-q", "train", str(data), "-o", str(run), "--epochs", "1", *RT, "--set", "backbone.widths=[4]").exit_code
+        == 0
+    )
     assert invoke("-q", "index", "build", str(run), str(data), "-o", str(index), *RT).exit_code == 0
     for path in list(run.rglob("*")) + list(index.rglob("*")):
         if path.is_file() and path.stat().st_size:

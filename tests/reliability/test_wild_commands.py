@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from wild_images import make_wild_corpus
 from conftest import invoke
+from wild_images import make_wild_corpus
 
 RT = ["--workers", "2", "--device", "cpu", "--batch-size", "8"]
 MODEL = ["--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set", "backbone.input_size=16"]
-
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -55,8 +54,9 @@ def test_index_build_uses_every_good_image_once(index: Path, corpus: dict):
 def test_embed_matches_index_build(index: Path, corpus: dict, tmp_path: Path):
     result = invoke("-q", "embed", "simple-cnn", corpus["root"], "-o", str(tmp_path / "emb"), *RT, *MODEL, "--json")
     assert result.exit_code == 0, result.output
-    assert [it["path"] for it in jsonl(tmp_path / "emb" / "items.jsonl")] == \
-        [it["path"] for it in jsonl(index / "items.jsonl")]
+    assert [it["path"] for it in jsonl(tmp_path / "emb" / "items.jsonl")] == [
+        it["path"] for it in jsonl(index / "items.jsonl")
+    ]
     assert {s["path"] for s in jsonl(tmp_path / "emb" / "skipped.jsonl")} == set(expected_bad(corpus))
 
 
@@ -72,8 +72,20 @@ def test_index_add_of_the_same_corpus_adds_nothing(index: Path, corpus: dict, tm
 
 def test_search_and_predict_over_the_corpus(index: Path, corpus: dict, tmp_path: Path):
     report = tmp_path / "skips.jsonl"
-    result = invoke("-q", "search", str(index), corpus["root"], "-k", "2", "--json", *RT, "--skipped", str(report),
-                    "--html", str(tmp_path / "s.html"))
+    result = invoke(
+        "-q",
+        "search",
+        str(index),
+        corpus["root"],
+        "-k",
+        "2",
+        "--json",
+        *RT,
+        "--skipped",
+        str(report),
+        "--html",
+        str(tmp_path / "s.html"),
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert sorted(r["query"] for r in rows) == sorted(p for p in corpus["good"] if os.access(p, os.R_OK))
@@ -87,8 +99,21 @@ def test_search_and_predict_over_the_corpus(index: Path, corpus: dict, tmp_path:
 
 def test_train_over_the_corpus(corpus: dict, tmp_path: Path):
     run = tmp_path / "run"
-    result = invoke("-q", "train", corpus["root"], "-o", str(run), "--labels", "folder", "--epochs", "1",
-                    *RT, *MODEL, "--val-fraction", "0")
+    result = invoke(
+        "-q",
+        "train",
+        corpus["root"],
+        "-o",
+        str(run),
+        "--labels",
+        "folder",
+        "--epochs",
+        "1",
+        *RT,
+        *MODEL,
+        "--val-fraction",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "pixdex.json").read_text())
     skipped = {s["path"]: s["reason"] for s in jsonl(run / "skipped.jsonl")}

@@ -81,12 +81,30 @@ def test_corpus_reads_as_a_collection(pset, corpus: dict) -> None:
 
 # ------------------------------------------------------------------- property tests
 
-MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-         b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"P5\n", b"\x00\x00\x01\x00"]
-MODES = {"1": ["PNG", "BMP", "TIFF"], "L": ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"],
-         "P": ["PNG", "GIF", "BMP", "TIFF"], "LA": ["PNG", "TIFF"], "RGB": ["PNG", "JPEG", "BMP", "WEBP", "TIFF"],
-         "RGBA": ["PNG", "WEBP", "TIFF"], "CMYK": ["JPEG", "TIFF"], "I;16": ["PNG", "TIFF"],
-         "I": ["TIFF"], "F": ["TIFF"]}
+MAGIC = [
+    b"",
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff\xe0",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"P5\n",
+    b"\x00\x00\x01\x00",
+]
+MODES = {
+    "1": ["PNG", "BMP", "TIFF"],
+    "L": ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"],
+    "P": ["PNG", "GIF", "BMP", "TIFF"],
+    "LA": ["PNG", "TIFF"],
+    "RGB": ["PNG", "JPEG", "BMP", "WEBP", "TIFF"],
+    "RGBA": ["PNG", "WEBP", "TIFF"],
+    "CMYK": ["JPEG", "TIFF"],
+    "I;16": ["PNG", "TIFF"],
+    "I": ["TIFF"],
+    "F": ["TIFF"],
+}
 LIMIT = 1_000_000  # keeps a random header's declared size from costing memory in the test
 
 
@@ -110,8 +128,11 @@ def scratch() -> str:
 
 
 # a few hundred examples keep the default run fast; PIXDEX_FUZZ_EXAMPLES=5000 digs deeper
-FAST = settings(max_examples=int(os.environ.get("PIXDEX_FUZZ_EXAMPLES", "200")), deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=int(os.environ.get("PIXDEX_FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 @FAST
@@ -145,8 +166,7 @@ def valid_images(draw: st.DrawFn) -> tuple[bytes, tuple[int, int]]:
 
 @FAST
 @given(sample=valid_images(), cut=st.one_of(st.none(), st.floats(0.0, 1.0)), flip=st.integers(0, 4))
-def test_random_valid_images(scratch: str, sample: tuple[bytes, tuple[int, int]], cut: float | None,
-                             flip: int) -> None:
+def test_random_valid_images(scratch: str, sample: tuple[bytes, tuple[int, int]], cut: float | None, flip: int) -> None:
     data, size = sample
     intact = cut is None and flip == 0
     if cut is not None:  # truncated somewhere

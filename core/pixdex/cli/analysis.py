@@ -11,8 +11,20 @@ from pixdex.cli.app import App, pass_app
 from pixdex.cli.options import runtime_for, runtime_options
 from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 
-METRIC_ROWS = ("map", "precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "map_at_r", "queries",
-               "queries_without_relevant", "excluded_same_sha256", "gallery", "metric", "ann_recall_at_10")
+METRIC_ROWS = (
+    "map",
+    "precision_at_1",
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "map_at_r",
+    "queries",
+    "queries_without_relevant",
+    "excluded_same_sha256",
+    "gallery",
+    "metric",
+    "ann_recall_at_10",
+)
 
 
 def _retrieval_setting(app: App, key: str) -> Any:
@@ -26,8 +38,9 @@ def _retrieval_setting(app: App, key: str) -> Any:
 def _device(app: App, device: str | None) -> str:
     from pixdex.device import resolve_device
 
-    runtime = api.runtime_config(app.plugins, flags={"runtime": {"device": device}} if device else None,
-                                 what="this command")
+    runtime = api.runtime_config(
+        app.plugins, flags={"runtime": {"device": device}} if device else None, what="this command"
+    )
     return resolve_device(runtime["device"], notify=app.note)
 
 
@@ -39,23 +52,49 @@ def _metric_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 @click.command("evaluate-retrieval")
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("queries", nargs=-1)
-@click.option("--leave-one-out", is_flag=True,
-              help="Use every labelled item of INDEX_DIR as a query against the rest (needed without QUERIES).")
-@click.option("--use-index", is_flag=True,
-              help="Also search the index's ANN and report ann_recall_at_10: the mean share of the exact top 10 "
-                   "that the ANN's top 10 finds, over the evaluated queries.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Gallery rows scored per step (memory bound); default [retrieval] chunk_size, 4096.")
-@click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
-              help="How labels of image QUERIES are read (one subfolder per class).")
+@click.option(
+    "--leave-one-out",
+    is_flag=True,
+    help="Use every labelled item of INDEX_DIR as a query against the rest (needed without QUERIES).",
+)
+@click.option(
+    "--use-index",
+    is_flag=True,
+    help="Also search the index's ANN and report ann_recall_at_10: the mean share of the exact top 10 "
+    "that the ANN's top 10 finds, over the evaluated queries.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Gallery rows scored per step (memory bound); default [retrieval] chunk_size, 4096.",
+)
+@click.option(
+    "--labels",
+    type=click.Choice(["auto", "folder", "none"]),
+    default="auto",
+    help="How labels of image QUERIES are read (one subfolder per class).",
+)
 @click.option("--split", default=None, help="Which split of query DATA (default: test if it has one, else all).")
 @runtime_options
 @format_options
 @pass_app
-def evaluate_retrieval_cmd(app: App, index_dir: str, queries: tuple[str, ...], leave_one_out: bool, use_index: bool,
-                           chunk_size: int | None, labels: str, split: str | None, sets: tuple[str, ...],
-                           skipped_file: str | None, strict_images: bool, fmt: str, as_json: bool,
-                           **params: Any) -> None:
+def evaluate_retrieval_cmd(
+    app: App,
+    index_dir: str,
+    queries: tuple[str, ...],
+    leave_one_out: bool,
+    use_index: bool,
+    chunk_size: int | None,
+    labels: str,
+    split: str | None,
+    sets: tuple[str, ...],
+    skipped_file: str | None,
+    strict_images: bool,
+    fmt: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Measure retrieval quality on INDEX_DIR by exact search over its stored embeddings.
 
     \b
@@ -80,9 +119,19 @@ def evaluate_retrieval_cmd(app: App, index_dir: str, queries: tuple[str, ...], l
 
     runtime = runtime_for(app, params, sets, "evaluate-retrieval")
     chunk_size = chunk_size or _retrieval_setting(app, "chunk_size")
-    report, skipped = evaluate_index(index_dir, list(queries), app.plugins, runtime, leave_one_out=leave_one_out,
-                                     use_index=use_index, chunk_size=chunk_size, labels=labels, split=split,
-                                     progress=not app.quiet, notify=app.note)
+    report, skipped = evaluate_index(
+        index_dir,
+        list(queries),
+        app.plugins,
+        runtime,
+        leave_one_out=leave_one_out,
+        use_index=use_index,
+        chunk_size=chunk_size,
+        labels=labels,
+        split=split,
+        progress=not app.quiet,
+        notify=app.note,
+    )
     write_skips(app, skipped, skipped_file, strict_images)
     fmt = resolve_format(fmt, as_json)
     if fmt == "jsonl":
@@ -92,9 +141,14 @@ def evaluate_retrieval_cmd(app: App, index_dir: str, queries: tuple[str, ...], l
 
 
 def _output_option(what: str, suffix: str) -> Any:
-    return click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
-                        help=f"Folder for {what}; default: INDEX_DIR-{suffix} next to the index folder "
-                             f"(never inside it).")
+    return click.option(
+        "-o",
+        "--output",
+        "out_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help=f"Folder for {what}; default: INDEX_DIR-{suffix} next to the index folder (never inside it).",
+    )
 
 
 @click.command("cluster")
@@ -102,19 +156,46 @@ def _output_option(what: str, suffix: str) -> Any:
 @click.option("-k", "--clusters", "k", type=click.IntRange(min=1), required=True, help="Number of clusters.")
 @_output_option("clusters.jsonl and clusters.html", "clusters")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means++ initialisation.")
-@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Most k-means iterations.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="Stop when the centres move less than this x the data's mean variance.")
-@click.option("--per-cluster", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Thumbnails per cluster in clusters.html (those nearest the centre).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Items assigned per step (memory: chunk x clusters); default [retrieval] chunk_size.")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=100, show_default=True, help="Most k-means iterations."
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="Stop when the centres move less than this x the data's mean variance.",
+)
+@click.option(
+    "--per-cluster",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Thumbnails per cluster in clusters.html (those nearest the centre).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Items assigned per step (memory: chunk x clusters); default [retrieval] chunk_size.",
+)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [env PIXDEX_DEVICE].")
 @format_options
 @pass_app
-def cluster_cmd(app: App, index_dir: str, k: int, out_dir: str | None, seed: int, iterations: int, tolerance: float,
-                per_cluster: int, chunk_size: int | None, device: str | None, fmt: str, as_json: bool) -> None:
+def cluster_cmd(
+    app: App,
+    index_dir: str,
+    k: int,
+    out_dir: str | None,
+    seed: int,
+    iterations: int,
+    tolerance: float,
+    per_cluster: int,
+    chunk_size: int | None,
+    device: str | None,
+    fmt: str,
+    as_json: bool,
+) -> None:
     """Group the items of INDEX_DIR into clusters by k-means on their stored embeddings.
 
     Embeddings of a cosine index are normalised first. Writes clusters.jsonl (one line
@@ -125,9 +206,19 @@ def cluster_cmd(app: App, index_dir: str, k: int, out_dir: str | None, seed: int
     """
     from pixdex.retrieval.clustering import cluster_index
 
-    report = cluster_index(index_dir, app.plugins, k, out_dir=out_dir, seed=seed, iterations=iterations,
-                           tol=tolerance, chunk_size=chunk_size or _retrieval_setting(app, "chunk_size"),
-                           device=_device(app, device), per_cluster=per_cluster, notify=app.note)
+    report = cluster_index(
+        index_dir,
+        app.plugins,
+        k,
+        out_dir=out_dir,
+        seed=seed,
+        iterations=iterations,
+        tol=tolerance,
+        chunk_size=chunk_size or _retrieval_setting(app, "chunk_size"),
+        device=_device(app, device),
+        per_cluster=per_cluster,
+        notify=app.note,
+    )
     app.note(f"pixdex: wrote {report['output']}/clusters.jsonl and clusters.html")
     summary = {key: report[key] for key in ("nmi", "purity", "k", "items", "labelled", "inertia", "iterations")}
     fmt = resolve_format(fmt, as_json)
@@ -146,16 +237,26 @@ def cluster_cmd(app: App, index_dir: str, k: int, out_dir: str | None, seed: int
 
 @click.command("duplicates")
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.option("--threshold", type=float, default=None,
-              help="cosine index: the least cosine similarity of a duplicate pair (default 0.9); ip: the least "
-                   "dot product; l2: the greatest euclidean distance (no default for ip and l2).")
-@click.option("--neighbours", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Nearest neighbours searched per item (the ANN's own search).")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="cosine index: the least cosine similarity of a duplicate pair (default 0.9); ip: the least "
+    "dot product; l2: the greatest euclidean distance (no default for ip and l2).",
+)
+@click.option(
+    "--neighbours",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Nearest neighbours searched per item (the ANN's own search).",
+)
 @_output_option("duplicates.json and duplicates.html", "duplicates")
 @format_options
 @pass_app
-def duplicates_cmd(app: App, index_dir: str, threshold: float | None, neighbours: int, out_dir: str | None,
-                   fmt: str, as_json: bool) -> None:
+def duplicates_cmd(
+    app: App, index_dir: str, threshold: float | None, neighbours: int, out_dir: str | None, fmt: str, as_json: bool
+) -> None:
     """Find groups of near-duplicate images in INDEX_DIR through its own index.
 
     Each item's nearest neighbours come from the index's search on its stored
@@ -168,18 +269,24 @@ def duplicates_cmd(app: App, index_dir: str, threshold: float | None, neighbours
     """
     from pixdex.retrieval.duplicates import find_duplicates
 
-    report = find_duplicates(index_dir, app.plugins, threshold=threshold, neighbours=neighbours, out_dir=out_dir,
-                             notify=app.note)
-    app.note(f"pixdex: {len(report['groups'])} group(s), {report['duplicates']} image(s); "
-             f"wrote {report['output']}/duplicates.html")
+    report = find_duplicates(
+        index_dir, app.plugins, threshold=threshold, neighbours=neighbours, out_dir=out_dir, notify=app.note
+    )
+    app.note(
+        f"pixdex: {len(report['groups'])} group(s), {report['duplicates']} image(s); "
+        f"wrote {report['output']}/duplicates.html"
+    )
     fmt = resolve_format(fmt, as_json)
     if fmt == "json":
         emit([], fmt, payload=report)
     elif fmt == "jsonl":
         emit(report["groups"], fmt)
     else:
-        rows = [{"group": g["group"], "size": g["size"], "max_score": g["max_score"], **item}
-                for g in report["groups"] for item in g["items"]]
+        rows = [
+            {"group": g["group"], "size": g["size"], "max_score": g["max_score"], **item}
+            for g in report["groups"]
+            for item in g["items"]
+        ]
         emit(rows, fmt, columns=["group", "size", "max_score", "id", "label", "path"])
 
 

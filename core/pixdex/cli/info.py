@@ -28,8 +28,12 @@ def plugins_cmd(app: App, fmt: str, as_json: bool) -> None:
     (PIXDEX_STRICT_PLUGINS=1 makes that fatal).
     """
     rows = api.plugins_report(app.plugins)
-    emit(rows, resolve_format(fmt, as_json), columns=["name", "version", "source", "components", "file"],
-         flatten=_flat_plugin)
+    emit(
+        rows,
+        resolve_format(fmt, as_json),
+        columns=["name", "version", "source", "components", "file"],
+        flatten=_flat_plugin,
+    )
 
 
 @click.command("list")

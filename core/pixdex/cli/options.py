@@ -39,8 +39,12 @@ def _apply(options: list[Decorator], func: Callable[..., Any]) -> Callable[..., 
 def _runtime_flags() -> list[Decorator]:
     return [
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [env PIXDEX_DEVICE]."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-                     help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere."),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default=None,
+            help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere.",
+        ),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
     ]
@@ -48,55 +52,101 @@ def _runtime_flags() -> list[Decorator]:
 
 def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """--max-pixels (data.max_pixels)."""
-    return click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                        help="Refuse images larger than this many pixels before decoding (decompression bombs) "
-                             "[data.max_pixels].")(func)
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Refuse images larger than this many pixels before decoding (decompression bombs) [data.max_pixels].",
+    )(func)
 
 
 def skip_report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--skipped FILE and --strict-images, for commands that read many images."""
-    return _apply([
-        click.option("--skipped", "skipped_file", type=click.Path(dir_okay=False), default=None,
-                     help="Also write the skip report (JSON lines: path, reason, detail) to this file."),
-        click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
-    ], func)
+    return _apply(
+        [
+            click.option(
+                "--skipped",
+                "skipped_file",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Also write the skip report (JSON lines: path, reason, detail) to this file.",
+            ),
+            click.option("--strict-images", is_flag=True, help="Exit 1 if any image had to be skipped."),
+        ],
+        func,
+    )
 
 
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--config, --preset, --set and the [runtime] flags, for commands that resolve a whole config."""
-    return _apply([
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                     help="A TOML config file (layered over the registry defaults and --preset)."),
-        click.option("--preset", default=None, help="A preset from registry.toml, e.g. 'tutorial'."),
-        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-                     help="Set any config key, e.g. --set train.epochs=3 (repeatable)."),
-        *_runtime_flags(),
-        click.option("--trust-checkpoint", is_flag=True, default=None,
-                     help="Allow a backbone weights file that needs full unpickling (it can run code: "
-                          "only for files you trust). Same as --set backbone.trust_checkpoint=true."),
-    ], func)
+    return _apply(
+        [
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="A TOML config file (layered over the registry defaults and --preset).",
+            ),
+            click.option("--preset", default=None, help="A preset from registry.toml, e.g. 'tutorial'."),
+            click.option(
+                "--set",
+                "sets",
+                multiple=True,
+                metavar="SECTION.KEY=VALUE",
+                help="Set any config key, e.g. --set train.epochs=3 (repeatable).",
+            ),
+            *_runtime_flags(),
+            click.option(
+                "--trust-checkpoint",
+                is_flag=True,
+                default=None,
+                help="Allow a backbone weights file that needs full unpickling (it can run code: "
+                "only for files you trust). Same as --set backbone.trust_checkpoint=true.",
+            ),
+        ],
+        func,
+    )
 
 
 def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The [runtime] flags, --set runtime.KEY=VALUE, --max-pixels and the skip report, for
     commands on a saved run or index (their model settings are fixed)."""
-    return _apply([
-        *_runtime_flags(),
-        click.option("--set", "sets", multiple=True, metavar="runtime.KEY=VALUE",
-                     help="Override a [runtime] key (the run's model settings are fixed)."),
-        max_pixels_option,
-        skip_report_options,
-    ], func)
+    return _apply(
+        [
+            *_runtime_flags(),
+            click.option(
+                "--set",
+                "sets",
+                multiple=True,
+                metavar="runtime.KEY=VALUE",
+                help="Override a [runtime] key (the run's model settings are fixed).",
+            ),
+            max_pixels_option,
+            skip_report_options,
+        ],
+        func,
+    )
 
 
 def component_options(*sections: str) -> Decorator:
     """--backbone/--transform/--loss/--index NAME flags for the given sections."""
+
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        return _apply([
-            click.option(f"--{section}", f"{section}_name", default=None, metavar="NAME",
-                         help=f"The {section} component by name (`pixdex list {section}...`).")
-            for section in sections
-        ], func)
+        return _apply(
+            [
+                click.option(
+                    f"--{section}",
+                    f"{section}_name",
+                    default=None,
+                    metavar="NAME",
+                    help=f"The {section} component by name (`pixdex list {section}...`).",
+                )
+                for section in sections
+            ],
+            func,
+        )
+
     return decorate
 
 

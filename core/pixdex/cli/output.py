@@ -26,7 +26,11 @@ def format_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--format`` and ``--json`` (shorthand for ``--format json``) to a command."""
     func = click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")(func)
     func = click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
         help="Output format: a table for people, json/jsonl/csv for scripts.",
     )(func)
     return func
@@ -100,7 +104,9 @@ def emit(
             writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             for row in flat:
-                writer.writerow({c: _cell(row.get(c)) if not isinstance(row.get(c), (int, float)) else row.get(c) for c in columns})
+                writer.writerow(
+                    {c: _cell(row.get(c)) if not isinstance(row.get(c), (int, float)) else row.get(c) for c in columns}
+                )
             echo(buf.getvalue(), nl=False)
         else:
             echo(render_table(flat, columns))

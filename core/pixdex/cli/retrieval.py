@@ -8,16 +8,23 @@ import click
 
 from pixdex import api
 from pixdex.cli.app import App, pass_app
-from pixdex.cli.options import (config_options, flags_layer, max_pixels_option, runtime_for, runtime_options,
-                                skip_report_options)
+from pixdex.cli.options import (
+    config_options,
+    flags_layer,
+    max_pixels_option,
+    runtime_for,
+    runtime_options,
+    skip_report_options,
+)
 from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 from pixdex.config import Config, parse_assignments
 from pixdex.contracts import METRICS
 from pixdex.errors import UsageError
 
 
-def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None,
-                  config_file: str | None) -> Config:
+def _model_config(
+    app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None, config_file: str | None
+) -> Config:
     """Config for commands that take MODEL: a run folder fixes backbone/transform/loss."""
     from pixdex.retrieval.models import is_run_folder, model_layer
 
@@ -29,8 +36,10 @@ def _model_config(app: App, model: str, params: dict[str, Any], sets: tuple[str,
         flags.get("backbone", {}).pop("trust_checkpoint", None)
         fixed = {s for s in parse_assignments(list(sets)) if s in ("backbone", "transform", "loss", "train")}
         if fixed:
-            raise UsageError(f"{model} is a run folder: its {', '.join(sorted(fixed))} settings are fixed; "
-                             f"only runtime, index and retrieval keys can be set")
+            raise UsageError(
+                f"{model} is a run folder: its {', '.join(sorted(fixed))} settings are fixed; "
+                f"only runtime, index and retrieval keys can be set"
+            )
     for section, values in model_layer(model).items():
         flags.setdefault(section, {}).update(values)
     config = api.configure(app.plugins, preset=preset, config_file=config_file, flags=flags, sets=list(sets))
@@ -46,31 +55,59 @@ def _options(app: App, config: Config, params: dict[str, Any], **extra: Any) -> 
     world = world_from_env()  # under torchrun each process embeds one contiguous shard
     if not world.is_main:
         app.quiet = True
-    return Options(runtime=config["runtime"], max_pixels=config["data"]["max_pixels"],
-                   progress=not app.quiet, notify=app.note, world=world, **extra)
+    return Options(
+        runtime=config["runtime"],
+        max_pixels=config["data"]["max_pixels"],
+        progress=not app.quiet,
+        notify=app.note,
+        world=world,
+        **extra,
+    )
 
 
 def index_options(func: Any) -> Any:
-    for option in reversed([
-        click.option("--index", "index_name", default=None, metavar="NAME",
-                     help="The index component (`pixdex list indexes`); default annoy."),
-        click.option("--metric", type=click.Choice(["auto", *METRICS]), default=None,
-                     help="Similarity; auto uses the model's (cosine for the built-in losses)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--index",
+                "index_name",
+                default=None,
+                metavar="NAME",
+                help="The index component (`pixdex list indexes`); default annoy.",
+            ),
+            click.option(
+                "--metric",
+                type=click.Choice(["auto", *METRICS]),
+                default=None,
+                help="Similarity; auto uses the model's (cosine for the built-in losses).",
+            ),
+        ]
+    ):
         func = option(func)
     return func
 
 
 def data_options(func: Any) -> Any:
-    for option in reversed([
-        click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
-                     help="How labels are read from a plain path."),
-        click.option("--split", default=None, help="Only this split of DATA (default: all of it)."),
-        max_pixels_option,
-        skip_report_options,
-        click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-                     help="Seconds to wait for another writer of the same folder."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--labels",
+                type=click.Choice(["auto", "folder", "none"]),
+                default="auto",
+                help="How labels are read from a plain path.",
+            ),
+            click.option("--split", default=None, help="Only this split of DATA (default: all of it)."),
+            max_pixels_option,
+            skip_report_options,
+            click.option(
+                "--lock-timeout",
+                type=float,
+                default=60.0,
+                show_default=True,
+                help="Seconds to wait for another writer of the same folder.",
+            ),
+        ]
+    ):
         func = option(func)
     return func
 
@@ -78,15 +115,35 @@ def data_options(func: Any) -> Any:
 @click.command("embed")
 @click.argument("model")
 @click.argument("data")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for embeddings.npy (float32) and items.jsonl.")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for embeddings.npy (float32) and items.jsonl.",
+)
 @config_options
 @data_options
 @format_options
 @pass_app
-def embed_cmd(app: App, model: str, data: str, out_dir: str, config_file: str | None, preset: str | None,
-              sets: tuple[str, ...], labels: str, split: str | None, skipped_file: str | None, strict_images: bool,
-              lock_timeout: float, fmt: str, as_json: bool, **params: Any) -> None:
+def embed_cmd(
+    app: App,
+    model: str,
+    data: str,
+    out_dir: str,
+    config_file: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    labels: str,
+    split: str | None,
+    skipped_file: str | None,
+    strict_images: bool,
+    lock_timeout: float,
+    fmt: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Embed every image of DATA with MODEL into -o DIR (embeddings.npy + items.jsonl).
 
     MODEL is a run folder from `pixdex train`, or a backbone spec such as
@@ -114,17 +171,33 @@ def index_group() -> None:
 @index_group.command("build")
 @click.argument("model")
 @click.argument("data")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="The index folder to write.")
+@click.option(
+    "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="The index folder to write."
+)
 @click.option("--force", is_flag=True, help="Replace an existing index in -o.")
 @config_options
 @index_options
 @data_options
 @format_options
 @pass_app
-def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config_file: str | None,
-              preset: str | None, sets: tuple[str, ...], labels: str, split: str | None, skipped_file: str | None,
-              strict_images: bool, lock_timeout: float, fmt: str, as_json: bool, **params: Any) -> None:
+def build_cmd(
+    app: App,
+    model: str,
+    data: str,
+    out_dir: str,
+    force: bool,
+    config_file: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    labels: str,
+    split: str | None,
+    skipped_file: str | None,
+    strict_images: bool,
+    lock_timeout: float,
+    fmt: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Embed DATA with MODEL and write a searchable index folder -o INDEX_DIR.
 
     The folder holds the manifest, the embeddings, one line per item (stable id, path,
@@ -150,33 +223,66 @@ def build_cmd(app: App, model: str, data: str, out_dir: str, force: bool, config
 
 def _emit_info(app: App, record: dict[str, Any], fmt: str, as_json: bool) -> None:
     if record.get("recall_at_10") is not None:
-        app.note(f"pixdex: {record['count']} items, {record['index']} recall@10 {record['recall_at_10']:.4f} "
-                 f"(measured against exact search)")
-    emit([record], resolve_format(fmt, as_json), payload=record,
-         columns=["path", "count", "dim", "metric", "index", "recall_at_10", "size_bytes"])
+        app.note(
+            f"pixdex: {record['count']} items, {record['index']} recall@10 {record['recall_at_10']:.4f} "
+            f"(measured against exact search)"
+        )
+    emit(
+        [record],
+        resolve_format(fmt, as_json),
+        payload=record,
+        columns=["path", "count", "dim", "metric", "index", "recall_at_10", "size_bytes"],
+    )
 
 
 @index_group.command("add")
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("data")
 @runtime_options
-@click.option("--labels", type=click.Choice(["auto", "folder", "none"]), default="auto",
-              help="How labels are read from a plain path.")
+@click.option(
+    "--labels",
+    type=click.Choice(["auto", "folder", "none"]),
+    default="auto",
+    help="How labels are read from a plain path.",
+)
 @click.option("--split", default=None, help="Only this split of DATA.")
-@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for another writer of the same folder.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another writer of the same folder.",
+)
 @format_options
 @pass_app
-def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_file: str | None,
-            strict_images: bool, labels: str, split: str | None, lock_timeout: float, fmt: str, as_json: bool,
-            **params: Any) -> None:
+def add_cmd(
+    app: App,
+    index_dir: str,
+    data: str,
+    sets: tuple[str, ...],
+    skipped_file: str | None,
+    strict_images: bool,
+    labels: str,
+    split: str | None,
+    lock_timeout: float,
+    fmt: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Add the images of DATA that INDEX_DIR lacks (by sha256), with the index's own model,
     then rebuild the ANN structure from the stored embeddings."""
     from pixdex.retrieval.indexing import Options, add
 
     runtime = runtime_for(app, params, sets, "index add")
-    opts = Options(runtime=runtime, max_pixels=runtime["max_pixels"], labels=labels,
-                   split=split, progress=not app.quiet, lock_timeout=lock_timeout, notify=app.note)
+    opts = Options(
+        runtime=runtime,
+        max_pixels=runtime["max_pixels"],
+        labels=labels,
+        split=split,
+        progress=not app.quiet,
+        lock_timeout=lock_timeout,
+        notify=app.note,
+    )
     result = add(index_dir, data, app.plugins, opts)
     write_skips(app, result.pop("skipped_entries"), skipped_file, strict_images)
     app.note(f"pixdex: added {result['added']} new image(s)")
@@ -186,8 +292,13 @@ def add_cmd(app: App, index_dir: str, data: str, sets: tuple[str, ...], skipped_
 @index_group.command("remove")
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for another writer of the same folder.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for another writer of the same folder.",
+)
 @format_options
 @pass_app
 def remove_cmd(app: App, index_dir: str, paths: tuple[str, ...], lock_timeout: float, fmt: str, as_json: bool) -> None:
@@ -216,18 +327,38 @@ def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
 @click.command("search")
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("queries", nargs=-1, required=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=None,
-              help="Matches per query [default: retrieval.k, 10].")
-@click.option("--model", "model_override", type=click.Path(file_okay=False), default=None,
-              help="Use this run folder instead of the index's stored model (refused unless it matches).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
-              help="Also write a self-contained HTML contact sheet of the results.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Matches per query [default: retrieval.k, 10].")
+@click.option(
+    "--model",
+    "model_override",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Use this run folder instead of the index's stored model (refused unless it matches).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a self-contained HTML contact sheet of the results.",
+)
 @runtime_options
 @format_options
 @pass_app
-def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model_override: str | None,
-               html_file: str | None, sets: tuple[str, ...], skipped_file: str | None, strict_images: bool,
-               fmt: str, as_json: bool, **params: Any) -> None:
+def search_cmd(
+    app: App,
+    index_dir: str,
+    queries: tuple[str, ...],
+    k: int,
+    model_override: str | None,
+    html_file: str | None,
+    sets: tuple[str, ...],
+    skipped_file: str | None,
+    strict_images: bool,
+    fmt: str,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Find the images in INDEX_DIR most similar to each QUERY (image files or folders).
 
     Scores: cosine similarity for cosine indexes, the dot product for ip, minus the
@@ -236,8 +367,16 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
     from pixdex.retrieval.search import search
 
     runtime = runtime_for(app, params, sets, "search")
-    rows, skipped, _ = search(index_dir, list(queries), app.plugins, runtime, k=k or runtime["k"], model=model_override,
-                              max_pixels=runtime["max_pixels"], notify=app.note)
+    rows, skipped, _ = search(
+        index_dir,
+        list(queries),
+        app.plugins,
+        runtime,
+        k=k or runtime["k"],
+        model=model_override,
+        max_pixels=runtime["max_pixels"],
+        notify=app.note,
+    )
     write_skips(app, skipped, skipped_file, strict_images)
     if html_file:
         from pathlib import Path
@@ -245,8 +384,9 @@ def search_cmd(app: App, index_dir: str, queries: tuple[str, ...], k: int, model
         from pixdex.artifacts import atomic_write_bytes
         from pixdex.retrieval.contact_sheet import search_sheet
 
-        atomic_write_bytes(Path(html_file), search_sheet(rows, f"pixdex search: {index_dir}").encode("utf-8",
-                                                                                                  "surrogateescape"))
+        atomic_write_bytes(
+            Path(html_file), search_sheet(rows, f"pixdex search: {index_dir}").encode("utf-8", "surrogateescape")
+        )
         app.note(f"pixdex: wrote {html_file}")
     flat = [{"query": r["query"], **m} for r in rows for m in r["matches"]]
     fmt = resolve_format(fmt, as_json)

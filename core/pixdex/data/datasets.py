@@ -29,8 +29,14 @@ if TYPE_CHECKING:
     from pixdex.contracts import Dataset, Item
 
 __all__ = [
-    "LABEL_MODES", "open_dataset", "stratified_split", "map_labels", "training_split",
-    "evaluation_split", "safe_class_name", "Unlabelled",
+    "LABEL_MODES",
+    "open_dataset",
+    "stratified_split",
+    "map_labels",
+    "training_split",
+    "evaluation_split",
+    "safe_class_name",
+    "Unlabelled",
 ]
 
 LABEL_MODES: tuple[str, ...] = ("auto", "folder", "none")
@@ -69,8 +75,10 @@ def open_dataset(spec: str, registry: Registry, *, labels: str = "auto") -> Data
         if component.detect is not None and component.argument and component.detect(path):
             return registry.build("dataset", component.name, {component.argument: path}, spec=spec)
     readers = ", ".join(c.name for c in registry.components("dataset"))
-    raise PixdexError(f"DATA path {path} is not a data set any reader recognises (readers: {readers}); "
-                      "name one explicitly as READER:PATH")
+    raise PixdexError(
+        f"DATA path {path} is not a data set any reader recognises (readers: {readers}); "
+        "name one explicitly as READER:PATH"
+    )
 
 
 def _require_path(path: str) -> None:
@@ -206,6 +214,7 @@ def map_labels(items: Sequence[Item], classes: Sequence[str]) -> list[int]:
         names = sorted(unknown)
         shown = ", ".join(repr(n) for n in names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         known = ", ".join(repr(c) for c in list(classes)[:20]) + (" ..." if len(classes) > 20 else "")
-        raise PixdexError(f"DATA has {len(names)} class(es) the model does not know: {shown} "
-                          f"(the model's classes: {known})")
+        raise PixdexError(
+            f"DATA has {len(names)} class(es) the model does not know: {shown} (the model's classes: {known})"
+        )
     return out

@@ -24,32 +24,59 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "REASONS", "DEFAULT_MAX_PIXELS", "ImageSkip", "ImageStats",
-    "has_image_extension", "list_images", "open_image", "probe_images", "quiet_pillow_warnings",
+    "IMAGE_EXTENSIONS",
+    "REASONS",
+    "DEFAULT_MAX_PIXELS",
+    "ImageSkip",
+    "ImageStats",
+    "has_image_extension",
+    "list_images",
+    "open_image",
+    "probe_images",
+    "quiet_pillow_warnings",
     "to_display_mode",
 ]
 
 # Extensions Pillow decodes out of the box. Files with other extensions are ignored by
 # listing (a README next to the photos is not a skipped image); an explicitly named file
 # (a list file entry, a query path) is judged by its content instead.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
-})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".ico",
+        ".jp2",
+        ".j2k",
+    }
+)
 
 # The skip vocabulary (docs/cli.md). Append only: scripts match on these words.
 REASONS: tuple[str, ...] = (
-    "empty",          # zero bytes
-    "not-an-image",   # Pillow does not recognise the content (text or HTML named .jpg)
-    "truncated",      # the data stops early or is structurally broken
-    "too-large",      # width*height above max_pixels (refused before decoding)
-    "unreadable",     # no read permission, or the OS refused to open or list it
-    "decode-error",   # recognised, but decoding or colour conversion failed
-    "broken-link",    # a symbolic link whose target does not exist (or loops)
-    "missing",        # named by a list file or a caller, but not there
-    "not-a-file",     # a directory, FIFO, socket or device where a file was expected
-    "no-class",       # a labelled reader found an image outside any class folder
-    "non-finite",     # decoded, but the model's embedding had NaN or inf (never kept)
+    "empty",  # zero bytes
+    "not-an-image",  # Pillow does not recognise the content (text or HTML named .jpg)
+    "truncated",  # the data stops early or is structurally broken
+    "too-large",  # width*height above max_pixels (refused before decoding)
+    "unreadable",  # no read permission, or the OS refused to open or list it
+    "decode-error",  # recognised, but decoding or colour conversion failed
+    "broken-link",  # a symbolic link whose target does not exist (or loops)
+    "missing",  # named by a list file or a caller, but not there
+    "not-a-file",  # a directory, FIFO, socket or device where a file was expected
+    "no-class",  # a labelled reader found an image outside any class folder
+    "non-finite",  # decoded, but the model's embedding had NaN or inf (never kept)
     "no-labelled-neighbours",  # predict through an index: no labelled neighbour to vote
 )
 
@@ -159,9 +186,15 @@ def list_images(
     return paths, skipped
 
 
-def _classify(entry: os.DirEntry[str], folder_dev: int, recursive: bool,
-              found: list[tuple[str, bool, tuple[int, int]]], skipped: list[dict[str, str]],
-              pending: list[str], linked: list[str]) -> None:
+def _classify(
+    entry: os.DirEntry[str],
+    folder_dev: int,
+    recursive: bool,
+    found: list[tuple[str, bool, tuple[int, int]]],
+    skipped: list[dict[str, str]],
+    pending: list[str],
+    linked: list[str],
+) -> None:
     """Sort one directory entry into files, folders to walk, or skip reports."""
     is_link = True  # until scandir says otherwise: an entry that cannot be examined is judged as a link
     try:
@@ -225,7 +258,7 @@ def _sort_key(top: str) -> Callable[[str], tuple[list[Any], str]]:
     folders: dict[str, list[Any]] = {}
 
     def key(path: str) -> tuple[list[Any], str]:
-        rel = path[len(prefix):] if prefix and path.startswith(prefix) else path
+        rel = path[len(prefix) :] if prefix and path.startswith(prefix) else path
         folder, _, name = rel.rpartition(os.sep)
         if folder not in folders:
             folders[folder] = [natural_key(part) for part in folder.split(os.sep)] if folder else []
@@ -246,8 +279,12 @@ def _os_detail(exc: OSError) -> str:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def open_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
     """Decode one image file safely; return a loaded PIL image in mode "L" or "RGB".
 
     Raises :class:`ImageSkip` (never anything else for a bad file) with reason
@@ -378,8 +415,15 @@ def _check_file(name: str) -> None:
         raise ImageSkip(name, "empty", "0 bytes")
 
 
-_TRUNCATION_HINTS = ("truncated", "broken data stream", "premature end", "unexpected end",
-                     "not enough data", "buffer is not large enough", "end of file")
+_TRUNCATION_HINTS = (
+    "truncated",
+    "broken data stream",
+    "premature end",
+    "unexpected end",
+    "not enough data",
+    "buffer is not large enough",
+    "end of file",
+)
 
 
 def _load_reason(exc: BaseException) -> str:
@@ -441,7 +485,8 @@ def to_display_mode(im: Image.Image) -> Image.Image:
         from PIL import ImageCms
 
         transform = ImageCms.buildTransformFromOpenProfiles(
-            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
         return ImageCms.applyTransform(im, transform)
     converted = im.convert("RGB")  # any mode Pillow adds later; a failure is a decode-error
     assert isinstance(converted, Image.Image)
@@ -575,8 +620,8 @@ def probe_images(
             im.thumbnail((_STATS_SIDE, _STATS_SIDE))
         arr = np.asarray(im, dtype=np.float64).reshape(-1, in_chans) / 255.0
         total += arr.sum(axis=0)
-        total_sq += (arr ** 2).sum(axis=0)
+        total_sq += (arr**2).sum(axis=0)
         count += arr.shape[0]
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return ImageStats(in_chans, native_size, tuple(float(m) for m in mean), tuple(float(s) for s in std))

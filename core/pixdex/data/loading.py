@@ -127,6 +127,9 @@ def tensor_stats(images: torch.Tensor, *, sample: int = 10000, seed: int = 0) ->
     x = images.to(torch.float64).div_(255.0)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3), unbiased=False)
-    return ImageStats(int(images.shape[1]), (int(images.shape[2]), int(images.shape[3])),
-                      tuple(float(m) for m in mean), tuple(float(s) for s in std))
-
+    return ImageStats(
+        int(images.shape[1]),
+        (int(images.shape[2]), int(images.shape[3])),
+        tuple(float(m) for m in mean),
+        tuple(float(s) for s in std),
+    )

@@ -43,8 +43,9 @@ class Prepared:
         """The decoded uint8 images of ``split`` when the dataset has tensors (IDX), else None."""
         if self.tensors is None:
             return None
-        return self.tensors[0][torch.tensor(split.positions, dtype=torch.long)] if split.positions else \
-            self.tensors[0][:0]
+        return (
+            self.tensors[0][torch.tensor(split.positions, dtype=torch.long)] if split.positions else self.tensors[0][:0]
+        )
 
 
 def open_labelled(spec: str, pset: PluginSet, labels: str) -> Dataset:
@@ -92,8 +93,9 @@ def measure(prep: Prepared, max_pixels: int, num_classes: int, seed: int) -> Dat
         sample = images[pos[torch.randperm(len(pos), generator=gen)[:4096]]].float() / 255.0
         mean = sample.mean(dim=(0, 2, 3)).tolist()
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-        return DataInfo(int(images.shape[1]), (int(images.shape[2]), int(images.shape[3])), num_classes,
-                        tuple(mean), tuple(std))
+        return DataInfo(
+            int(images.shape[1]), (int(images.shape[2]), int(images.shape[3])), num_classes, tuple(mean), tuple(std)
+        )
     from pixdex.data.images import probe_images
 
     in_chans, native, mean, std = probe_images(prep.train.keys, sample=PROBE_SAMPLE, max_pixels=max_pixels, seed=seed)

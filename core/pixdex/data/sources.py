@@ -55,19 +55,34 @@ def pk_order(labels: torch.Tensor, p: int, k: int, seed: int, epoch: int) -> tor
 def fit_to(images: torch.Tensor, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
     """Adapt decoded uint8 tensors to a model's channels and size (tensor path only)."""
     if images.shape[1] != in_chans:
-        images = images.expand(-1, in_chans, -1, -1) if images.shape[1] == 1 else \
-            images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        images = (
+            images.expand(-1, in_chans, -1, -1)
+            if images.shape[1] == 1
+            else images.float().mean(1, keepdim=True).round().to(torch.uint8)
+        )
     if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
-                               antialias=True).round().clamp(0, 255).to(torch.uint8)
+        images = (
+            F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     return images.contiguous()
 
 
 class TensorSource:
     """Batches from an in-memory uint8 tensor (kept on ``device`` when it is a GPU)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Transform, *,
-                 batch_size: int, device: str, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform: Transform,
+        *,
+        batch_size: int,
+        device: str,
+        seed: int = 0,
+    ) -> None:
         keep_on = device if device.startswith("cuda") else "cpu"
         self.images = images.to(keep_on)
         self.labels = labels.to(keep_on)
@@ -80,16 +95,16 @@ class TensorSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
-                order: torch.Tensor | None = None) -> Iterator[Batch]:
+    def batches(
+        self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False, order: torch.Tensor | None = None
+    ) -> Iterator[Batch]:
         order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
         order = order.to(self.images.device)
         stop = len(order) - (len(order) % self.batch_size if drop_last else 0)
         for start in range(0, stop, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             x = fit_to(self.images[idx], self.transform.in_chans, self.transform.size)
-            yield (x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True),
-                   idx.cpu())
+            yield (x.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True), idx.cpu())
 
 
 class _Order(torch.utils.data.Sampler):
@@ -130,13 +145,29 @@ class FileSource:
     ``.load`` resizes to (:func:`draft_size_for`).
     """
 
-    def __init__(self, paths: list[str], labels: list[int], transform: Transform, *, batch_size: int,
-                 device: str, workers: int, max_pixels: int, seed: int = 0, opener: Any = None) -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        labels: list[int],
+        transform: Transform,
+        *,
+        batch_size: int,
+        device: str,
+        workers: int,
+        max_pixels: int,
+        seed: int = 0,
+        opener: Any = None,
+    ) -> None:
         from pixdex.data.loading import ImageFiles
 
         # opener: a dataset's own .image(key) for keys that are not file paths
-        self.dataset = ImageFiles(list(zip(paths, labels)), transform.load, max_pixels=max_pixels, opener=opener,
-                                  draft_size=draft_size_for(transform))
+        self.dataset = ImageFiles(
+            list(zip(paths, labels)),
+            transform.load,
+            max_pixels=max_pixels,
+            opener=opener,
+            draft_size=draft_size_for(transform),
+        )
         self.paths = paths
         self.batch_size = batch_size
         self.device = device
@@ -151,14 +182,20 @@ class FileSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def batches(self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False,
-                order: torch.Tensor | None = None) -> Iterator[Batch]:
+    def batches(
+        self, epoch: int = 0, *, shuffle: bool = False, drop_last: bool = False, order: torch.Tensor | None = None
+    ) -> Iterator[Batch]:
         from pixdex.data.loading import collate
 
         order = epoch_order(len(self), self.seed, epoch, shuffle) if order is None else order
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=_Order(order), num_workers=self.workers,
-            collate_fn=collate, pin_memory=self.device.startswith("cuda"), drop_last=drop_last,
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=_Order(order),
+            num_workers=self.workers,
+            collate_fn=collate,
+            pin_memory=self.device.startswith("cuda"),
+            drop_last=drop_last,
             persistent_workers=False,
         )
         for images, labels, indices, skips in loader:
@@ -169,15 +206,39 @@ class FileSource:
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True), indices)
 
 
-def make_source(keys: Sequence[str], labels: Sequence[int] | None, transform: Transform, *,
-                runtime: Mapping[str, Any], device: str, max_pixels: int, seed: int = 0, opener: Any = None,
-                images: torch.Tensor | None = None) -> TensorSource | FileSource:
+def make_source(
+    keys: Sequence[str],
+    labels: Sequence[int] | None,
+    transform: Transform,
+    *,
+    runtime: Mapping[str, Any],
+    device: str,
+    max_pixels: int,
+    seed: int = 0,
+    opener: Any = None,
+    images: torch.Tensor | None = None,
+) -> TensorSource | FileSource:
     """The batch source of every command: ``images`` (uint8 [N, C, H, W], already decoded,
     as IDX datasets give them) when given, else ``keys`` decoded by ``runtime["workers"]``
     DataLoader workers. ``labels`` default to -1 (unlabelled)."""
     labels = list(labels) if labels is not None else [-1] * len(keys)
     if images is not None:
-        return TensorSource(images, torch.tensor(labels, dtype=torch.long), transform,
-                            batch_size=runtime["batch_size"], device=device, seed=seed)
-    return FileSource(list(keys), labels, transform, batch_size=runtime["batch_size"], device=device,
-                      workers=runtime["workers"], max_pixels=max_pixels, seed=seed, opener=opener)
+        return TensorSource(
+            images,
+            torch.tensor(labels, dtype=torch.long),
+            transform,
+            batch_size=runtime["batch_size"],
+            device=device,
+            seed=seed,
+        )
+    return FileSource(
+        list(keys),
+        labels,
+        transform,
+        batch_size=runtime["batch_size"],
+        device=device,
+        workers=runtime["workers"],
+        max_pixels=max_pixels,
+        seed=seed,
+        opener=opener,
+    )

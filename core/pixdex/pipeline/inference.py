@@ -38,9 +38,15 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 @torch.no_grad()
-def forward_batches(model: torch.nn.Module, transform: Transform, source: TensorSource | FileSource,
-                    place: Placement, *, order: torch.Tensor | None = None, also: BatchFn | None = None
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
+def forward_batches(
+    model: torch.nn.Module,
+    transform: Transform,
+    source: TensorSource | FileSource,
+    place: Placement,
+    *,
+    order: torch.Tensor | None = None,
+    also: BatchFn | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
     """``(embeddings, labels, item indices, also(embeddings, labels))`` for every batch.
 
     ``model`` must already be placed (:func:`place_model`) and in eval mode. ``also`` runs
@@ -66,8 +72,14 @@ class Outputs:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_inference(pipeline: Any, transform: Transform, source: TensorSource | FileSource, place: Placement, *,
-                  want_logits: bool = True) -> Outputs:
+def run_inference(
+    pipeline: Any,
+    transform: Transform,
+    source: TensorSource | FileSource,
+    place: Placement,
+    *,
+    want_logits: bool = True,
+) -> Outputs:
     """Embeddings (and logits when the pipeline classifies) for every readable item."""
     model = place_model(pipeline, place)
 

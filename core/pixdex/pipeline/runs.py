@@ -95,8 +95,11 @@ def check_weights_fit(module: nn.Module, tensors: dict[str, torch.Tensor], where
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(tensors)) if tuple(own[k].shape) != tuple(tensors[k].shape)]
+    shapes = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(tensors))
+        if tuple(own[k].shape) != tuple(tensors[k].shape)
+    ]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (saved vs model)", shapes)):
         if keys:
@@ -110,8 +113,13 @@ def versions() -> dict[str, str]:
     import numpy
     import PIL
 
-    out = {"pixdex": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "pillow": PIL.__version__}
+    out = {
+        "pixdex": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
     try:
         import timm
 
@@ -127,8 +135,13 @@ def now() -> str:
 
 def data_info_from(record: dict[str, Any]) -> DataInfo:
     native = record.get("native_size")
-    return DataInfo(in_chans=record["in_chans"], native_size=tuple(native) if native else None,
-                    num_classes=record["num_classes"], mean=tuple(record["mean"]), std=tuple(record["std"]))
+    return DataInfo(
+        in_chans=record["in_chans"],
+        native_size=tuple(native) if native else None,
+        num_classes=record["num_classes"],
+        mean=tuple(record["mean"]),
+        std=tuple(record["std"]),
+    )
 
 
 def data_info_record(info: DataInfo) -> dict[str, Any]:
@@ -164,7 +177,9 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != RUN_FORMAT:
         raise ArtifactError(f"{run_dir / RUN_MANIFEST} is not a pixdex run manifest")
     if int(manifest.get("format_version", 0)) > RUN_FORMAT_VERSION:
-        raise ArtifactError(f"{run_dir} was written by a newer pixdex (run format {manifest['format_version']}); upgrade pixdex")
+        raise ArtifactError(
+            f"{run_dir} was written by a newer pixdex (run format {manifest['format_version']}); upgrade pixdex"
+        )
     return manifest
 
 
@@ -173,7 +188,9 @@ def load_run(run_dir: str | Path, pset: PluginSet, *, weights: str = "model.safe
     run_dir = Path(run_dir)
     manifest = read_run_manifest(run_dir)
     if not (run_dir / weights).exists():
-        raise ArtifactError(f"{run_dir} has no {weights}: training did not finish an epoch; `pixdex train --resume` continues it")
+        raise ArtifactError(
+            f"{run_dir} has no {weights}: training did not finish an epoch; `pixdex train --resume` continues it"
+        )
     saved = {s: dict(v) for s, v in manifest["config"].items()}
     # model.safetensors holds every weight: building the backbone must not fetch or read its
     # original weight source again (it may be gone, or need a network)

@@ -28,14 +28,22 @@ def require_classifier(run: LoadedRun, command: str) -> None:
         )
 
 
-def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict[str, Any], *,
-             split: str | None = None, labels: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-             notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path,
+    data_spec: str,
+    pset: PluginSet,
+    runtime: dict[str, Any],
+    *,
+    split: str | None = None,
+    labels: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    notify: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix on
     DATA's test split (or all of DATA, or ``split``). Labels are matched by class name."""
     from pixdex.data.datasets import evaluation_split, map_labels
-    from pixdex.recognition.metrics import classification_report
     from pixdex.data.prepare import open_labelled
+    from pixdex.recognition.metrics import classification_report
 
     run = load_run(run_dir, pset)
     require_classifier(run, "evaluate")
@@ -47,8 +55,16 @@ def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict
         raise PixdexError(f"{data_spec} has no images in its {split_name} split")
     targets = map_labels(items, run.classes)
     images = ds.as_tensors(split_name)[0] if hasattr(ds, "as_tensors") else None
-    source = make_source([k for k, _ in items], targets, run.transform, runtime=runtime, device=place.device,
-                         max_pixels=max_pixels, opener=getattr(ds, "image", None), images=images)
+    source = make_source(
+        [k for k, _ in items],
+        targets,
+        run.transform,
+        runtime=runtime,
+        device=place.device,
+        max_pixels=max_pixels,
+        opener=getattr(ds, "image", None),
+        images=images,
+    )
     out = run_inference(run.pipeline, run.transform, source, place)
     skipped = list(ds.skipped) + out.skipped
     if len(out.indices) == 0:
@@ -62,9 +78,16 @@ def evaluate(run_dir: str | Path, data_spec: str, pset: PluginSet, runtime: dict
     return report
 
 
-def predict(run_dir: str | Path, inputs: list[str], pset: PluginSet, runtime: dict[str, Any], *, k: int = 5,
-            max_pixels: int = DEFAULT_MAX_PIXELS, notify: Callable[[str], None] | None = None
-            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def predict(
+    run_dir: str | Path,
+    inputs: list[str],
+    pset: PluginSet,
+    runtime: dict[str, Any],
+    *,
+    k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Top-``k`` labels with probabilities for each image (files or folders)."""
     run = load_run(run_dir, pset)
     require_classifier(run, "predict")
@@ -88,5 +111,3 @@ def predict(run_dir: str | Path, inputs: list[str], pset: PluginSet, runtime: di
         top = [{"label": run.classes[i], "probability": float(p[i])} for i in order]
         rows.append({"path": paths[pos], "label": top[0]["label"], "probability": top[0]["probability"], "top": top})
     return rows, skipped
-
-

@@ -30,5 +30,11 @@ def classification_report(topk: np.ndarray, labels: np.ndarray, classes: Sequenc
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
-    return {"top1": top1, "top5": top5, "count": n, "per_class": per_class, "confusion": confusion.tolist(),
-            "classes": list(classes)}
+    return {
+        "top1": top1,
+        "top5": top5,
+        "count": n,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "classes": list(classes),
+    }

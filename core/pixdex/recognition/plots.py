@@ -52,7 +52,9 @@ def plot_history(history: list[dict[str, Any]], *, notify: Callable[[str], None]
     return _png(fig, plt)
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, notify: Callable[[str], None]) -> bytes | None:
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], *, notify: Callable[[str], None]
+) -> bytes | None:
     """A row-normalised confusion matrix (rows: true class, columns: predicted)."""
     plt = _pyplot(notify, "confusion.png")
     if plt is None:
@@ -71,6 +73,13 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, n
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if m[i, j]:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     return _png(fig, plt)

@@ -20,21 +20,37 @@ from typing import Any, Callable
 import torch
 
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, load_safetensors, read_json, tensors_to_bytes
-from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from pixdex.config import Config
+from pixdex.data.prepare import measure, prepare_training
+from pixdex.data.sources import make_source
 from pixdex.device import placement
 from pixdex.errors import PixdexError, UsageError
 from pixdex.pipeline.inference import autocast, forward_batches
+from pixdex.pipeline.runs import (
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    RUN_MANIFEST,
+    Pipeline,
+    build_pipeline,
+    data_info_record,
+    now,
+    versions,
+)
 from pixdex.plugins import PluginSet
-from pixdex.data.prepare import measure, prepare_training
-from pixdex.data.sources import make_source
-from pixdex.pipeline.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, RUN_MANIFEST, Pipeline, build_pipeline,
-                         data_info_record, now, versions)
+from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
 from pixdex.recognition.schedule import lr_factor, make_optimizer, set_lr
 from pixdex.world import World
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                   "images_per_second"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+]
 
 
 @dataclass
@@ -60,8 +76,9 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(fh))
     out = []
     for row in rows:
-        out.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else None))
-                    for k, v in row.items()})
+        out.append(
+            {k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else None)) for k, v in row.items()}
+        )
     return out
 
 
@@ -86,17 +103,28 @@ def shard(order: torch.Tensor, world: World, block: int) -> torch.Tensor:
     blocks = len(order) // block
     per_rank = blocks // world.size
     if per_rank == 0:
-        raise PixdexError(f"{world.size} processes need at least {world.size} batches per epoch; "
-                          f"lower --batch-size or use fewer processes")
+        raise PixdexError(
+            f"{world.size} processes need at least {world.size} batches per epoch; "
+            f"lower --batch-size or use fewer processes"
+        )
     grid = order[: blocks * block].view(blocks, block)
-    return grid[world.rank::world.size][:per_rank].reshape(-1)
+    return grid[world.rank :: world.size][:per_rank].reshape(-1)
 
 
 class Trainer:
     """Trains one run; see :func:`train`."""
 
-    def __init__(self, pset: PluginSet, config: Config, data_spec: str, run_dir: Path, *, world: World,
-                 notify: Callable[[str], None], progress: bool) -> None:
+    def __init__(
+        self,
+        pset: PluginSet,
+        config: Config,
+        data_spec: str,
+        run_dir: Path,
+        *,
+        world: World,
+        notify: Callable[[str], None],
+        progress: bool,
+    ) -> None:
         self.pset, self.config, self.data_spec, self.run_dir = pset, config, data_spec, run_dir
         self.world, self.notify, self.progress = world, notify, progress
         self.t = config["train"]
@@ -123,12 +151,23 @@ class Trainer:
         self._ddp: Any = None
         self._ddp_frozen: bool | None = None
         self.train_t, self.eval_t, self.data_config = built.train_transform, built.eval_transform, built.data_config
-        common = dict(runtime=runtime, device=self.place.device, max_pixels=data["max_pixels"], seed=self.seed,
-                      opener=getattr(self.prep.dataset, "image", None))
-        self.train_src = make_source(self.prep.train.keys, self.prep.train.labels, self.train_t,
-                                     images=self.prep.images_of(self.prep.train), **common)
-        self.val_src = make_source(self.prep.val.keys, self.prep.val.labels, self.eval_t,
-                                   images=self.prep.images_of(self.prep.val), **common)
+        common = dict(
+            runtime=runtime,
+            device=self.place.device,
+            max_pixels=data["max_pixels"],
+            seed=self.seed,
+            opener=getattr(self.prep.dataset, "image", None),
+        )
+        self.train_src = make_source(
+            self.prep.train.keys,
+            self.prep.train.labels,
+            self.train_t,
+            images=self.prep.images_of(self.prep.train),
+            **common,
+        )
+        self.val_src = make_source(
+            self.prep.val.keys, self.prep.val.labels, self.eval_t, images=self.prep.images_of(self.prep.val), **common
+        )
         self.optimizer = make_optimizer(self.model, self.t)
         self.pk = self._pk_request()
         if self.pk is not None:  # the loss asks for P classes x K images per batch
@@ -180,7 +219,7 @@ class Trainer:
     def restore(self) -> None:
         last = read_json(self.run_dir / "last.json", "checkpoint")
         tensors, _ = load_safetensors(self.run_dir / "last.safetensors", "checkpoint")
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         from pixdex.pipeline.runs import check_weights_fit
 
         check_weights_fit(self.model, model_state, str(self.run_dir / "last.safetensors"))
@@ -213,8 +252,12 @@ class Trainer:
         start, lr = time.perf_counter(), 0.0
         order = self.epoch_order(epoch)
         for x, y, _ in self.train_src.batches(epoch, drop_last=self.drop_last, order=order):
-            lr = set_lr(self.optimizer, lr_factor(self.step, total_steps=self.total_steps,
-                                                  warmup_steps=self.warmup_steps, schedule=self.t["schedule"]))
+            lr = set_lr(
+                self.optimizer,
+                lr_factor(
+                    self.step, total_steps=self.total_steps, warmup_steps=self.warmup_steps, schedule=self.t["schedule"]
+                ),
+            )
             if place.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             inputs = self.train_t.batch(x)
@@ -231,38 +274,61 @@ class Trainer:
             with torch.no_grad():
                 n = y.shape[0]
                 correct = (model.logits(emb.detach()).argmax(1) == y).sum() if model.has_classifier else torch.zeros(())
-                sums += torch.stack([loss.detach().double() * n, correct.double().to(sums.device), torch.tensor(float(n), device=sums.device, dtype=torch.float64)])
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * n,
+                        correct.double().to(sums.device),
+                        torch.tensor(float(n), device=sums.device, dtype=torch.float64),
+                    ]
+                )
             if bar is not None:
                 bar.update(1)
                 if self.step % 10 == 0:
                     s = sums.tolist()
-                    bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}",
-                                    img_s=f"{s[2] / (time.perf_counter() - start):.0f}")
+                    bar.set_postfix(
+                        loss=f"{s[0] / s[2]:.4f}",
+                        acc=f"{s[1] / s[2]:.3f}",
+                        img_s=f"{s[2] / (time.perf_counter() - start):.0f}",
+                    )
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
         loss_sum, correct, n = self.world.sum(sums.tolist())
         if not math.isfinite(loss_sum):
             raise PixdexError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
-        return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1) if model.has_classifier else None,
-                "lr": lr, "seconds": round(seconds, 3), "images_per_second": round(n / max(seconds, 1e-9), 1)}
+        return {
+            "train_loss": loss_sum / max(n, 1),
+            "train_accuracy": correct / max(n, 1) if model.has_classifier else None,
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(n / max(seconds, 1e-9), 1),
+        }
 
     def validate(self) -> dict[str, Any]:
         model, place = self.model, self.place
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)
-        mine = torch.arange(len(self.val_src))[self.world.rank::self.world.size]  # counts are summed after
+        mine = torch.arange(len(self.val_src))[self.world.rank :: self.world.size]  # counts are summed after
 
         def loss_and_correct(emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            correct = (model.logits(emb).argmax(1) == y).sum() if model.has_classifier else \
-                torch.zeros((), device=sums.device)
+            correct = (
+                (model.logits(emb).argmax(1) == y).sum()
+                if model.has_classifier
+                else torch.zeros((), device=sums.device)
+            )
             return model.head(emb, y), correct
 
-        for _, y, _, (loss, correct) in forward_batches(model, self.eval_t, self.val_src, place, order=mine,
-                                                        also=loss_and_correct):
+        for _, y, _, (loss, correct) in forward_batches(
+            model, self.eval_t, self.val_src, place, order=mine, also=loss_and_correct
+        ):
             n = y.shape[0]
-            sums += torch.stack([loss.double() * n, correct.double().to(sums.device),
-                                 torch.tensor(float(n), dtype=torch.float64, device=sums.device)])
+            sums += torch.stack(
+                [
+                    loss.double() * n,
+                    correct.double().to(sums.device),
+                    torch.tensor(float(n), dtype=torch.float64, device=sums.device),
+                ]
+            )
         loss_sum, correct, n = self.world.sum(sums.tolist())
         if n == 0:
             return {"val_loss": None, "val_accuracy": None}
@@ -273,8 +339,14 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.t['epochs']}", unit="batch",
-                    file=sys.stderr, leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.t['epochs']}",
+            unit="batch",
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def improved(self, row: dict[str, Any]) -> bool:
         """Best by validation accuracy, else validation loss, else training loss."""
@@ -292,19 +364,31 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
         return {
-            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": status,
-            "created": self.created, "updated": now(),
+            "format": RUN_FORMAT,
+            "format_version": RUN_FORMAT_VERSION,
+            "status": status,
+            "created": self.created,
+            "updated": now(),
             "config": self.config.to_dict(),
-            "data": {"spec": self.data_spec, "split": self.prep.split_name, "classes": self.prep.classes,
-                     "train_count": len(self.prep.train.keys), "val_count": len(self.prep.val.keys),
-                     "skipped": len(self.skipped()), "info": data_info_record(self.info)},
+            "data": {
+                "spec": self.data_spec,
+                "split": self.prep.split_name,
+                "classes": self.prep.classes,
+                "train_count": len(self.prep.train.keys),
+                "val_count": len(self.prep.val.keys),
+                "skipped": len(self.skipped()),
+                "info": data_info_record(self.info),
+            },
             "data_config": self.data_config,
             "embed_dim": int(self.model.backbone.embed_dim),
             "metric": getattr(self.model.head, "metric", "cosine"),
             "has_classifier": self.model.has_classifier,
-            "epochs_done": len(self.history), "best_epoch": self.best_epoch,
+            "epochs_done": len(self.history),
+            "best_epoch": self.best_epoch,
             "metrics": {"best": best_row, "last": last},
-            "placement": self.place.to_dict(), "versions": versions(), "files": files,
+            "placement": self.place.to_dict(),
+            "versions": versions(),
+            "files": files,
         }
 
     def skipped(self) -> list[dict[str, Any]]:
@@ -320,9 +404,18 @@ class Trainer:
         rng_json, rng_tensors = rng_state()
         tensors = {f"model.{k}": v for k, v in model_state.items()} | opt_tensors | rng_tensors
         writer.write_bytes("last.safetensors", tensors_to_bytes(tensors, {"format": "pixdex-checkpoint"}))
-        writer.write_json("last.json", {"epoch": epoch + 1, "step": self.step, "best": self.best,
-                                        "best_epoch": self.best_epoch, "optimizer": opt_meta, "rng": rng_json,
-                                        "seed": self.seed})
+        writer.write_json(
+            "last.json",
+            {
+                "epoch": epoch + 1,
+                "step": self.step,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "optimizer": opt_meta,
+                "rng": rng_json,
+                "seed": self.seed,
+            },
+        )
         if improved:
             writer.write_bytes("model.safetensors", tensors_to_bytes(model_state, {"format": "pixdex-model"}))
         writer.write_bytes("history.csv", _history_csv(self.history))
@@ -334,8 +427,11 @@ class Trainer:
 
     def commit(self, writer: FolderWriter, status: str) -> None:
         """Commit what is staged; pixdex.json lists every file of the run with its sha256."""
-        committed = writer.commit(lambda staged: self.manifest(status, {**self.files, **{
-            name: fact["sha256"] for name, fact in staged.items()}}))
+        committed = writer.commit(
+            lambda staged: self.manifest(
+                status, {**self.files, **{name: fact["sha256"] for name, fact in staged.items()}}
+            )
+        )
         self.files = {**self.files, **committed}
 
     def plot(self, writer: FolderWriter) -> None:
@@ -368,7 +464,9 @@ class Trainer:
             self.files = dict(saved.get("files") or {})
         epochs = int(self.t["epochs"])
         if self.start_epoch >= epochs:
-            raise UsageError(f"{self.run_dir} already has {self.start_epoch} epochs; pass a larger --epochs to continue")
+            raise UsageError(
+                f"{self.run_dir} already has {self.start_epoch} epochs; pass a larger --epochs to continue"
+            )
         for epoch in range(self.start_epoch, epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.validate()}
             self.history.append({k: row.get(k) for k in HISTORY_COLUMNS})
@@ -381,16 +479,34 @@ class Trainer:
             if (epoch + 1) % max(1, int(self.t["checkpoint_every"])) == 0 or epoch + 1 == epochs:
                 self.checkpoint(writer, epoch, improved, "complete" if epoch + 1 == epochs else "training")
             elif improved:  # between checkpoints the best weights are still committed at once
-                writer.write_bytes("model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"}))
+                writer.write_bytes(
+                    "model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"})
+                )
                 writer.write_bytes("history.csv", _history_csv(self.history))
                 self.commit(writer, "training")
-        return TrainResult(self.run_dir, len(self.history), self.best_epoch, self.history, self.skipped(),
-                           self.manifest("complete", dict(self.files)))
+        return TrainResult(
+            self.run_dir,
+            len(self.history),
+            self.best_epoch,
+            self.history,
+            self.skipped(),
+            self.manifest("complete", dict(self.files)),
+        )
 
 
-def train(data_spec: str, run_dir: str | Path, pset: PluginSet, config: Config, *, resume: bool = False,
-          force: bool = False, world: World | None = None, notify: Callable[[str], None] | None = None,
-          progress: bool = True, lock_timeout: float = 0.0) -> TrainResult:
+def train(
+    data_spec: str,
+    run_dir: str | Path,
+    pset: PluginSet,
+    config: Config,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    world: World | None = None,
+    notify: Callable[[str], None] | None = None,
+    progress: bool = True,
+    lock_timeout: float = 0.0,
+) -> TrainResult:
     """Train a model on ``data_spec`` into ``run_dir`` (committed atomically every epoch).
 
     ``resume`` continues from the last complete epoch with the saved configuration
@@ -436,5 +552,3 @@ def resume_config(run_dir: Path, changed: dict[str, dict[str, Any]]) -> dict[str
     if "epochs" in changed.get("train", {}):
         merged["train"]["epochs"] = changed["train"]["epochs"]
     return merged
-
-

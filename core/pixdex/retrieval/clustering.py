@@ -43,8 +43,17 @@ def _sq_dist(x: Any, c: Any, c_sq: Any) -> Any:
     return ((x * x).sum(1, keepdim=True) - 2 * (x @ c.T) + c_sq[None, :]).clamp_min(0)
 
 
-def kmeans(vectors: np.ndarray, k: int, *, normalise: bool = False, seed: int = 0, iterations: int = 100,
-           tol: float = 1e-4, chunk_size: int = 4096, device: str = "cpu") -> KMeansResult:
+def kmeans(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    normalise: bool = False,
+    seed: int = 0,
+    iterations: int = 100,
+    tol: float = 1e-4,
+    chunk_size: int = 4096,
+    device: str = "cpu",
+) -> KMeansResult:
     """k-means of the rows of ``vectors`` (float32 [N, D], may be memory-mapped)."""
     import torch
 
@@ -77,9 +86,9 @@ def kmeans(vectors: np.ndarray, k: int, *, normalise: bool = False, seed: int = 
         for start, x in rows.chunks():
             d2 = _sq_dist(x, c32, c_sq)
             dmin, a = d2.min(1)
-            changed += int((assignment[start:start + len(x)] != a).sum())
-            assignment[start:start + len(x)] = a
-            best[start:start + len(x)] = dmin.to(f64)
+            changed += int((assignment[start : start + len(x)] != a).sum())
+            assignment[start : start + len(x)] = a
+            best[start : start + len(x)] = dmin.to(f64)
             sums.index_add_(0, a, x.to(f64))
             counts.index_add_(0, a, torch.ones(len(x), dtype=f64, device=device))
         new = sums / counts.clamp_min(1)[:, None]
@@ -102,10 +111,11 @@ def kmeans(vectors: np.ndarray, k: int, *, normalise: bool = False, seed: int = 
     dist = torch.zeros(n, dtype=f64, device=device)
     for start, x in rows.chunks():
         a = _sq_dist(x, c32, c_sq).argmin(1)
-        assignment[start:start + len(x)] = a
-        dist[start:start + len(x)] = (x.to(f64) - centres[a]).norm(dim=1)
-    return KMeansResult(centres.cpu().numpy(), assignment.cpu().numpy(), dist.cpu().numpy(),
-                        float((dist * dist).sum()), done, converged)
+        assignment[start : start + len(x)] = a
+        dist[start : start + len(x)] = (x.to(f64) - centres[a]).norm(dim=1)
+    return KMeansResult(
+        centres.cpu().numpy(), assignment.cpu().numpy(), dist.cpu().numpy(), float((dist * dist).sum()), done, converged
+    )
 
 
 def _kmeans_pp(rows: Rows, k: int, rng: np.random.Generator) -> Any:
@@ -130,7 +140,7 @@ def _kmeans_pp(rows: Rows, k: int, rng: np.random.Generator) -> Any:
         pots = torch.zeros(len(picks), dtype=f64, device=rows.device)
         for start, x in rows.chunks():
             d2 = _sq_dist(x.to(f64), cands, (cands * cands).sum(1))
-            pots += torch.minimum(d2, closest[start:start + len(x), None]).sum(0)
+            pots += torch.minimum(d2, closest[start : start + len(x), None]).sum(0)
         chosen = cands[int(pots.argmin())][None, :]
         centres.append(chosen)
         closest = torch.minimum(closest, _min_sq_dist(rows, chosen))
@@ -143,11 +153,12 @@ def _min_sq_dist(rows: Rows, c: Any) -> Any:
 
     out = torch.empty(rows.n, dtype=c.dtype, device=rows.device)
     for start, x in rows.chunks():
-        out[start:start + len(x)] = _sq_dist(x.to(c.dtype), c, (c * c).sum(1))[:, 0]
+        out[start : start + len(x)] = _sq_dist(x.to(c.dtype), c, (c * c).sum(1))[:, 0]
     return out
 
 
 # --- agreement with labels -------------------------------------------------------------------
+
 
 def _contingency(true: Sequence[Any], pred: Sequence[Any]) -> np.ndarray:
     _, t = np.unique(np.asarray(true, dtype=object).astype(str), return_inverse=True)
@@ -191,6 +202,7 @@ def purity(true: Sequence[Any], pred: Sequence[Any]) -> float:
 
 # --- the command -------------------------------------------------------------------------------
 
+
 def default_output(index_dir: str | Path, suffix: str) -> Path:
     """``<index folder>-<suffix>`` next to the index folder (never inside it)."""
     folder = Path(index_dir).resolve()
@@ -208,9 +220,20 @@ def check_output(out_dir: Path, index_dir: Path) -> Path:
     return out
 
 
-def cluster_index(index_dir: str | Path, pset: Any, k: int, *, out_dir: str | Path | None = None, seed: int = 0,
-                  iterations: int = 100, tol: float = 1e-4, chunk_size: int = 4096, device: str = "cpu",
-                  per_cluster: int = 8, notify: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def cluster_index(
+    index_dir: str | Path,
+    pset: Any,
+    k: int,
+    *,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    iterations: int = 100,
+    tol: float = 1e-4,
+    chunk_size: int = 4096,
+    device: str = "cpu",
+    per_cluster: int = 8,
+    notify: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Cluster an index folder; write clusters.jsonl and clusters.html into ``out_dir``.
 
     Clusters are numbered by size, largest first. Returns the report (per-cluster sizes and
@@ -224,38 +247,59 @@ def cluster_index(index_dir: str | Path, pset: Any, k: int, *, out_dir: str | Pa
     if not 1 <= k <= len(index.items):
         raise UsageError(f"--clusters must be between 1 and the number of items ({len(index.items)}), got {k}")
     out = check_output(Path(out_dir) if out_dir else default_output(index.path, "clusters"), index.path)
-    result = kmeans(index.embeddings, k, normalise=index.metric == "cosine", seed=seed, iterations=iterations,
-                    tol=tol, chunk_size=chunk_size, device=device)
+    result = kmeans(
+        index.embeddings,
+        k,
+        normalise=index.metric == "cosine",
+        seed=seed,
+        iterations=iterations,
+        tol=tol,
+        chunk_size=chunk_size,
+        device=device,
+    )
     if not result.converged:
-        notify(f"pixdex: k-means stopped after {result.iterations} iterations without converging "
-               f"(raise --iterations)")
+        notify(f"pixdex: k-means stopped after {result.iterations} iterations without converging (raise --iterations)")
     sizes = np.bincount(result.assignment, minlength=k)
     renumber = np.empty(k, dtype=np.int64)
     renumber[np.argsort(-sizes, kind="stable")] = np.arange(k)
     assignment = renumber[result.assignment]
     items = index.items
-    lines = [{"id": it["id"], "path": it["path"], "label": it.get("label"), "cluster": int(c),
-              "distance": float(d)} for it, c, d in zip(items, assignment.tolist(), result.distance.tolist())]
+    lines = [
+        {"id": it["id"], "path": it["path"], "label": it.get("label"), "cluster": int(c), "distance": float(d)}
+        for it, c, d in zip(items, assignment.tolist(), result.distance.tolist())
+    ]
     # members of each cluster, nearest its centre first (they represent it best on the page)
     order = np.lexsort((result.distance, assignment))
     bounds = np.searchsorted(assignment[order], np.arange(k + 1))
     clusters, shown = [], []
     for c in range(k):
-        members = order[bounds[c]:bounds[c + 1]].tolist()
+        members = order[bounds[c] : bounds[c + 1]].tolist()
         labels = Counter(items[i].get("label") for i in members if items[i].get("label") is not None)
         top = labels.most_common(1)
-        record = {"cluster": c, "size": len(members), "majority_label": top[0][0] if top else None,
-                  "majority_fraction": top[0][1] / sum(labels.values()) if top else None}
+        record = {
+            "cluster": c,
+            "size": len(members),
+            "majority_label": top[0][0] if top else None,
+            "majority_fraction": top[0][1] / sum(labels.values()) if top else None,
+        }
         clusters.append(record)
         shown.append({**record, "items": [lines[i] for i in members[:per_cluster]]})
     labelled = [i for i, it in enumerate(items) if it.get("label") is not None]
     true = [items[i]["label"] for i in labelled]
     pred = assignment[labelled].tolist()
     report = {
-        "clusters": clusters, "k": k, "items": len(items), "labelled": len(labelled),
-        "nmi": nmi(true, pred) if labelled else None, "purity": purity(true, pred) if labelled else None,
-        "inertia": result.inertia, "iterations": result.iterations, "converged": result.converged,
-        "metric": index.metric, "seed": seed, "output": str(out),
+        "clusters": clusters,
+        "k": k,
+        "items": len(items),
+        "labelled": len(labelled),
+        "nmi": nmi(true, pred) if labelled else None,
+        "purity": purity(true, pred) if labelled else None,
+        "inertia": result.inertia,
+        "iterations": result.iterations,
+        "converged": result.converged,
+        "metric": index.metric,
+        "seed": seed,
+        "output": str(out),
     }
     atomic_write_bytes(out / "clusters.jsonl", jsonl_bytes(lines))
     title = f"pixdex cluster: {index.path} ({k} clusters)"

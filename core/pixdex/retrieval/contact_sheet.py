@@ -19,14 +19,16 @@ h1{font-size:1.3em} h2{font-size:1em;margin:1.4em 0 .4em}
 .row{display:flex;flex-wrap:wrap;gap:.6em;align-items:flex-start}
 figure{margin:0;width:140px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:4px}
 figure.query{border:2px solid #2a6}
-figure img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee;display:block;margin:auto}
+figure img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee;
+  display:block;margin:auto}
 figcaption{font-size:11px;word-break:break-all;margin-top:3px}
 .score{color:#555} .label{font-weight:600} .missing{color:#a33}
 """
 
 
-def thumbnail(path: str, opener: Callable[[str], Any] | None = None, size: int = 128,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def thumbnail(
+    path: str, opener: Callable[[str], Any] | None = None, size: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str | None:
     """A data: URI of a PNG thumbnail, or None when the image cannot be read."""
     try:
         image = opener(path) if opener is not None else open_image(path, max_pixels=max_pixels)
@@ -38,7 +40,9 @@ def thumbnail(path: str, opener: Callable[[str], Any] | None = None, size: int =
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figure(path: str, caption_lines: Sequence[str], *, css: str = "", opener: Callable[[str], Any] | None = None) -> str:
+def figure(
+    path: str, caption_lines: Sequence[str], *, css: str = "", opener: Callable[[str], Any] | None = None
+) -> str:
     uri = thumbnail(path, opener)
     img = f'<img src="{uri}" alt="">' if uri else '<div class="missing">(unreadable)</div>'
     caption = "<br>".join(caption_lines)
@@ -50,8 +54,10 @@ def esc(value: Any) -> str:
 
 
 def page(title: str, body: str) -> str:
-    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 def search_sheet(rows: list[dict[str, Any]], title: str, opener: Callable[[str], Any] | None = None) -> str:
@@ -70,27 +76,40 @@ def search_sheet(rows: list[dict[str, Any]], title: str, opener: Callable[[str],
 
 
 def _summary(pairs: Sequence[tuple[str, Any]]) -> str:
-    cells = " &middot; ".join(f"{esc(k)}: <b>{esc(f'{v:.4f}' if isinstance(v, float) else v)}</b>"
-                              for k, v in pairs if v is not None)
+    cells = " &middot; ".join(
+        f"{esc(k)}: <b>{esc(f'{v:.4f}' if isinstance(v, float) else v)}</b>" for k, v in pairs if v is not None
+    )
     return f"<p>{cells}</p>"
 
 
-def cluster_sheet(clusters: list[dict[str, Any]], title: str, report: dict[str, Any] | None = None,
-                  opener: Callable[[str], Any] | None = None) -> str:
+def cluster_sheet(
+    clusters: list[dict[str, Any]],
+    title: str,
+    report: dict[str, Any] | None = None,
+    opener: Callable[[str], Any] | None = None,
+) -> str:
     """One row per cluster: its size, majority label, and its members nearest the centre.
 
     Each cluster is ``{cluster, size, majority_label, majority_fraction, items: [{path,
     label, distance}]}``.
     """
     report = report or {}
-    parts = [_summary([("items", report.get("items")), ("clusters", report.get("k")), ("NMI", report.get("nmi")),
-                       ("purity", report.get("purity"))])]
+    parts = [
+        _summary(
+            [
+                ("items", report.get("items")),
+                ("clusters", report.get("k")),
+                ("NMI", report.get("nmi")),
+                ("purity", report.get("purity")),
+            ]
+        )
+    ]
     for c in clusters:
-        head = f'cluster {esc(c["cluster"])}: {esc(c["size"])} item(s)'
+        head = f"cluster {esc(c['cluster'])}: {esc(c['size'])} item(s)"
         if c.get("majority_label") is not None:
             head += f' &middot; majority <span class="label">{esc(c["majority_label"])}</span>'
             if c.get("majority_fraction") is not None:
-                head += f' ({100 * c["majority_fraction"]:.0f}%)'
+                head += f" ({100 * c['majority_fraction']:.0f}%)"
         figures = []
         for it in c["items"]:
             lines = [f'<span class="score">distance {it["distance"]:.4f}</span>']
@@ -103,21 +122,37 @@ def cluster_sheet(clusters: list[dict[str, Any]], title: str, report: dict[str, 
     return page(title, "\n".join(parts))
 
 
-def duplicates_sheet(groups: list[dict[str, Any]], title: str, report: dict[str, Any] | None = None,
-                     opener: Callable[[str], Any] | None = None, max_groups: int = 500, per_group: int = 24) -> str:
+def duplicates_sheet(
+    groups: list[dict[str, Any]],
+    title: str,
+    report: dict[str, Any] | None = None,
+    opener: Callable[[str], Any] | None = None,
+    max_groups: int = 500,
+    per_group: int = 24,
+) -> str:
     """One row per group of near-duplicates (``{group, size, max_score, min_score, items:
     [{id, path, label}]}``); at most ``max_groups`` groups of ``per_group`` thumbnails."""
     report = report or {}
-    parts = [_summary([("items", report.get("items")), ("groups", len(groups)), ("pairs", report.get("pairs")),
-                       ("threshold", report.get("threshold"))])]
+    parts = [
+        _summary(
+            [
+                ("items", report.get("items")),
+                ("groups", len(groups)),
+                ("pairs", report.get("pairs")),
+                ("threshold", report.get("threshold")),
+            ]
+        )
+    ]
     if not groups:
         parts.append("<p>No near-duplicates at this threshold.</p>")
     for g in groups[:max_groups]:
-        head = (f'group {esc(g["group"])}: {esc(g["size"])} images &middot; '
-                f'<span class="score">scores {g["min_score"]:.4f} to {g["max_score"]:.4f}</span>')
+        head = (
+            f"group {esc(g['group'])}: {esc(g['size'])} images &middot; "
+            f'<span class="score">scores {g["min_score"]:.4f} to {g["max_score"]:.4f}</span>'
+        )
         figures = []
         for it in g["items"][:per_group]:
-            lines = [f'id {esc(it["id"])}']
+            lines = [f"id {esc(it['id'])}"]
             if it.get("label") is not None:
                 lines.append(f'<span class="label">{esc(it["label"])}</span>')
             lines.append(esc(it["path"]))

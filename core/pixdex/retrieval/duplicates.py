@@ -53,9 +53,14 @@ def score_threshold(metric: str, threshold: float | None) -> float:
     """The minimum index score a pair needs (l2 scores are minus the distance)."""
     if threshold is None:
         if metric != "cosine":
-            raise UsageError(f"this index uses the {metric} metric: give --threshold "
-                             + ("(a euclidean distance: pairs at most that far apart are duplicates)"
-                                if metric == "l2" else "(a dot product: pairs scoring at least that much)"))
+            raise UsageError(
+                f"this index uses the {metric} metric: give --threshold "
+                + (
+                    "(a euclidean distance: pairs at most that far apart are duplicates)"
+                    if metric == "l2"
+                    else "(a dot product: pairs scoring at least that much)"
+                )
+            )
         return DEFAULT_COSINE_THRESHOLD
     if metric == "cosine" and not -1.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold {threshold} is not a cosine similarity (between -1 and 1)")
@@ -66,14 +71,15 @@ def score_threshold(metric: str, threshold: float | None) -> float:
     return threshold
 
 
-def duplicate_pairs(ann: Any, vectors: np.ndarray, minimum: float, neighbours: int,
-                    block: int = 1024) -> dict[tuple[int, int], float]:
+def duplicate_pairs(
+    ann: Any, vectors: np.ndarray, minimum: float, neighbours: int, block: int = 1024
+) -> dict[tuple[int, int], float]:
     """``{(row_a, row_b): score}`` (row_a < row_b) of pairs the ANN finds at or above ``minimum``."""
     n = len(vectors)
     k = min(neighbours + 1, n)  # the item itself usually comes first
     pairs: dict[tuple[int, int], float] = {}
     for start in range(0, n, block):
-        ids, scores = ann.search(np.ascontiguousarray(vectors[start:start + block], dtype=np.float32), k)
+        ids, scores = ann.search(np.ascontiguousarray(vectors[start : start + block], dtype=np.float32), k)
         for offset, (row_ids, row_scores) in enumerate(zip(ids.tolist(), scores.tolist())):
             me = start + offset
             for other, score in zip(row_ids, row_scores):
@@ -104,9 +110,15 @@ def group_pairs(n: int, pairs: dict[tuple[int, int], float]) -> list[dict[str, A
     return groups
 
 
-def find_duplicates(index_dir: str | Path, pset: Any, *, threshold: float | None = None, neighbours: int = 10,
-                    out_dir: str | Path | None = None, notify: Callable[[str], None] = lambda m: None
-                    ) -> dict[str, Any]:
+def find_duplicates(
+    index_dir: str | Path,
+    pset: Any,
+    *,
+    threshold: float | None = None,
+    neighbours: int = 10,
+    out_dir: str | Path | None = None,
+    notify: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Near-duplicate groups of an index folder; writes duplicates.json and duplicates.html."""
     from pixdex.artifacts import atomic_write_bytes, to_json
     from pixdex.retrieval.clustering import check_output, default_output
@@ -122,15 +134,32 @@ def find_duplicates(index_dir: str | Path, pset: Any, *, threshold: float | None
         raise PixdexError(f"search failed: {exc}") from None
     groups = []
     for number, g in enumerate(group_pairs(len(index.items), pairs)):
-        items = [{"id": index.items[r]["id"], "path": index.items[r]["path"], "label": index.items[r].get("label")}
-                 for r in g["rows"]]
-        groups.append({"group": number, "size": len(items), "max_score": g["max_score"],
-                       "min_score": g["min_score"], "items": items})
-    report = {"groups": groups, "threshold": DEFAULT_COSINE_THRESHOLD if threshold is None else threshold,
-              "metric": index.metric, "pairs": len(pairs), "items": len(index.items),
-              "duplicates": sum(g["size"] for g in groups), "neighbours": neighbours, "output": str(out)}
+        items = [
+            {"id": index.items[r]["id"], "path": index.items[r]["path"], "label": index.items[r].get("label")}
+            for r in g["rows"]
+        ]
+        groups.append(
+            {
+                "group": number,
+                "size": len(items),
+                "max_score": g["max_score"],
+                "min_score": g["min_score"],
+                "items": items,
+            }
+        )
+    report = {
+        "groups": groups,
+        "threshold": DEFAULT_COSINE_THRESHOLD if threshold is None else threshold,
+        "metric": index.metric,
+        "pairs": len(pairs),
+        "items": len(index.items),
+        "duplicates": sum(g["size"] for g in groups),
+        "neighbours": neighbours,
+        "output": str(out),
+    }
     atomic_write_bytes(out / "duplicates.json", to_json(report))
     title = f"pixdex duplicates: {index.path}"
-    atomic_write_bytes(out / "duplicates.html",
-                       duplicates_sheet(groups, title, report).encode("utf-8", "surrogateescape"))
+    atomic_write_bytes(
+        out / "duplicates.html", duplicates_sheet(groups, title, report).encode("utf-8", "surrogateescape")
+    )
     return report

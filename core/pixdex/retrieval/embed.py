@@ -90,13 +90,22 @@ class Embedded:
     skipped: list[dict[str, Any]]
 
 
-def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], place: Placement, *,
-               opener: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-               desc: str = "embedding") -> Embedded:
+def embed_keys(
+    run: LoadedRun,
+    keys: Sequence[str],
+    runtime: dict[str, Any],
+    place: Placement,
+    *,
+    opener: Any = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    desc: str = "embedding",
+) -> Embedded:
     """Embed ``keys`` in order; every readable image exactly once."""
     model = place_model(run.pipeline, place)
-    source = make_source(keys, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels,
-                         opener=opener)
+    source = make_source(
+        keys, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels, opener=opener
+    )
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -119,8 +128,9 @@ def embed_keys(run: LoadedRun, keys: Sequence[str], runtime: dict[str, Any], pla
     dim = int(run.pipeline.backbone.embed_dim)
     emb_all = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
     pos_all = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-    return Embedded(np.ascontiguousarray(emb_all, dtype=np.float32), pos_all.astype(np.int64),
-                    list(source.skipped) + skipped)
+    return Embedded(
+        np.ascontiguousarray(emb_all, dtype=np.float32), pos_all.astype(np.int64), list(source.skipped) + skipped
+    )
 
 
 def save_npy(writer: Any, name: str, array: np.ndarray) -> None:
@@ -135,6 +145,3 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-

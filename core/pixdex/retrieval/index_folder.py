@@ -23,13 +23,13 @@ from typing import Any, Callable
 import numpy as np
 
 from pixdex import __version__
-from pixdex.contracts import METRICS
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading, sha256_file
 from pixdex.config import Config
-from pixdex.retrieval.embed import Collection, Embedded, save_npy
+from pixdex.contracts import METRICS
 from pixdex.errors import ArtifactError, PixdexError
-from pixdex.plugins import PluginSet
 from pixdex.pipeline.runs import LoadedRun, now
+from pixdex.plugins import PluginSet
+from pixdex.retrieval.embed import Collection, Embedded, save_npy
 
 INDEX_FORMAT = "pixdex-index"
 INDEX_FORMAT_VERSION = 1
@@ -78,9 +78,18 @@ class IndexContents:
     skipped: list[dict[str, Any]]
 
 
-def commit_index(writer: FolderWriter, pset: PluginSet, config: Config, contents: IndexContents, *, metric: str,
-                 model_record: dict[str, Any], created: str, carried_files: dict[str, dict[str, Any]] | None = None,
-                 notify: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def commit_index(
+    writer: FolderWriter,
+    pset: PluginSet,
+    config: Config,
+    contents: IndexContents,
+    *,
+    metric: str,
+    model_record: dict[str, Any],
+    created: str,
+    carried_files: dict[str, dict[str, Any]] | None = None,
+    notify: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Build the ANN over ``contents`` and commit every file plus the manifest together."""
     name, opts = config.component("index")
     ann = build_ann(pset, config, contents.embeddings, metric)
@@ -98,15 +107,29 @@ def commit_index(writer: FolderWriter, pset: PluginSet, config: Config, contents
 
     def manifest(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         all_files = {**(carried_files or {}), **files}
-        return seal({
-            "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION, "pixdex_version": __version__,
-            "created": created, "updated": now(),
-            "dim": int(contents.embeddings.shape[1]), "metric": metric, "normalized": False,
-            "count": len(contents.items), "next_id": contents.next_id, "skipped": len(contents.skipped),
-            "model": model_record,
-            "index": {"name": name, "options": opts, "params": params, "files": sorted("index/" + n for n in names)},
-            "files": {k: all_files[k] for k in sorted(all_files)},
-        })
+        return seal(
+            {
+                "format": INDEX_FORMAT,
+                "format_version": INDEX_FORMAT_VERSION,
+                "pixdex_version": __version__,
+                "created": created,
+                "updated": now(),
+                "dim": int(contents.embeddings.shape[1]),
+                "metric": metric,
+                "normalized": False,
+                "count": len(contents.items),
+                "next_id": contents.next_id,
+                "skipped": len(contents.skipped),
+                "model": model_record,
+                "index": {
+                    "name": name,
+                    "options": opts,
+                    "params": params,
+                    "files": sorted("index/" + n for n in names),
+                },
+                "files": {k: all_files[k] for k in sorted(all_files)},
+            }
+        )
 
     writer.commit(manifest)
     return manifest({})  # for the caller's report; the committed one has the checksums
@@ -129,28 +152,40 @@ def _old_index_files(folder: Path, keep: list[str]) -> list[str]:
     old = folder / "index"
     if not old.is_dir():
         return []
-    return [f"index/{p.name}" for p in old.iterdir() if p.is_file() and p.name not in keep
-            and ".tmp-" not in p.name]
+    return [f"index/{p.name}" for p in old.iterdir() if p.is_file() and p.name not in keep and ".tmp-" not in p.name]
 
 
-def new_items(collection: Collection, embedded: Embedded, facts: list[dict[str, Any]], first_id: int) -> list[dict[str, Any]]:
+def new_items(
+    collection: Collection, embedded: Embedded, facts: list[dict[str, Any]], first_id: int
+) -> list[dict[str, Any]]:
     records = []
     for offset, pos in enumerate(embedded.positions.tolist()):
         key, label = collection.items[pos]
         f = facts[pos]
         # absolute, so thumbnails, `index remove` and search output work from any folder
         path = os.path.abspath(key) if f.get("size") is not None else key
-        records.append({"id": first_id + offset, "path": path, "label": label, "size": f.get("size"),
-                        "mtime": f.get("mtime"), "sha256": f.get("sha256")})
+        records.append(
+            {
+                "id": first_id + offset,
+                "path": path,
+                "label": label,
+                "size": f.get("size"),
+                "mtime": f.get("mtime"),
+                "sha256": f.get("sha256"),
+            }
+        )
     return records
 
 
 def number_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"id": it["id"], "row": row, **{k: v for k, v in it.items() if k not in ("id", "row")}}
-            for row, it in enumerate(items)]
+    return [
+        {"id": it["id"], "row": row, **{k: v for k, v in it.items() if k not in ("id", "row")}}
+        for row, it in enumerate(items)
+    ]
 
 
 # --- verification --------------------------------------------------------------------------
+
 
 def _npy_shape(path: Path) -> tuple[tuple[int, ...], str]:
     fmt = np.lib.format
@@ -171,11 +206,15 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"{where} is not a pixdex index folder (manifest format {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > INDEX_FORMAT_VERSION or version < 1:
-        raise ArtifactError(f"{where}: index format version {version!r} is not supported by pixdex {__version__} "
-                            f"(it reads version {INDEX_FORMAT_VERSION}); rebuild the index or upgrade pixdex")
+        raise ArtifactError(
+            f"{where}: index format version {version!r} is not supported by pixdex {__version__} "
+            f"(it reads version {INDEX_FORMAT_VERSION}); rebuild the index or upgrade pixdex"
+        )
     if manifest.get("digest") != manifest_digest(manifest):
-        raise ArtifactError(f"{where}: manifest.json was modified after the index was written (its digest does not "
-                            f"match); rebuild the index")
+        raise ArtifactError(
+            f"{where}: manifest.json was modified after the index was written (its digest does not "
+            f"match); rebuild the index"
+        )
     if manifest.get("metric") not in METRICS:
         raise ArtifactError(f"{where}: manifest metric {manifest.get('metric')!r} is not one of {', '.join(METRICS)}")
     files = manifest.get("files") or {}
@@ -188,11 +227,15 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"{where}: {name} is missing; rebuild the index")
         size = path.stat().st_size
         if size != fact["size"]:
-            raise ArtifactError(f"{where}: {name} is {size} bytes but the manifest says {fact['size']} "
-                                f"(truncated or replaced); rebuild the index")
+            raise ArtifactError(
+                f"{where}: {name} is {size} bytes but the manifest says {fact['size']} "
+                f"(truncated or replaced); rebuild the index"
+            )
         if sha256_file(path) != fact["sha256"]:
-            raise ArtifactError(f"{where}: {name} does not match its checksum in the manifest (replaced or "
-                                f"corrupted); rebuild the index")
+            raise ArtifactError(
+                f"{where}: {name} does not match its checksum in the manifest (replaced or "
+                f"corrupted); rebuild the index"
+            )
     for name in manifest["index"].get("files", []):
         if name not in files:
             raise ArtifactError(f"{where}: index file {name} is not covered by the manifest's checksums")
@@ -202,11 +245,15 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     if shape[1] != manifest.get("dim"):
         raise ArtifactError(f"{where}: embeddings have dim {shape[1]} but the manifest says {manifest.get('dim')}")
     if shape[0] != manifest.get("count"):
-        raise ArtifactError(f"{where}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}")
+        raise ArtifactError(
+            f"{where}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}"
+        )
     if files["model/model.safetensors"]["sha256"] != manifest["model"]["sha256"]:
         raise ArtifactError(f"{where}: model/model.safetensors is not the model the index was built with")
     if manifest["model"].get("embed_dim") != manifest["dim"]:
-        raise ArtifactError(f"{where}: the model embeds {manifest['model'].get('embed_dim')} dims, the index holds {manifest['dim']}")
+        raise ArtifactError(
+            f"{where}: the model embeds {manifest['model'].get('embed_dim')} dims, the index holds {manifest['dim']}"
+        )
 
 
 @dataclass
@@ -239,16 +286,20 @@ def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
         verify(folder, manifest)
         items = read_items(folder / "items.jsonl")
         if len(items) != manifest["count"]:
-            raise ArtifactError(f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}")
+            raise ArtifactError(
+                f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}"
+            )
         embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
         spec = manifest["index"]
-        ann = pset.registry.build("index", spec["name"], spec.get("options") or {}, dim=manifest["dim"],
-                                  metric=manifest["metric"])
+        ann = pset.registry.build(
+            "index", spec["name"], spec.get("options") or {}, dim=manifest["dim"], metric=manifest["metric"]
+        )
         try:
             ann.load(folder / "index", mmap=True)
         except Exception as exc:  # plugin code on verified files: still one line, never a traceback
-            raise ArtifactError(f"{folder}: index '{spec['name']}' could not load its files: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise ArtifactError(
+                f"{folder}: index '{spec['name']}' could not load its files: {type(exc).__name__}: {exc}"
+            ) from None
     return OpenIndex(folder, manifest, ann, items, embeddings)
 
 

@@ -12,13 +12,22 @@ import numpy as np
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading
 from pixdex.config import Config
 from pixdex.device import placement
-from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
 from pixdex.errors import PixdexError
-from pixdex.retrieval.index_folder import (IndexContents, commit_index, index_size_on_disk, new_items, number_rows, open_index,
-                            read_items, resolve_metric, verify)
-from pixdex.retrieval.models import open_model, stage_model
-from pixdex.plugins import PluginSet
 from pixdex.pipeline.runs import LoadedRun, load_run, now
+from pixdex.plugins import PluginSet
+from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
+from pixdex.retrieval.index_folder import (
+    IndexContents,
+    commit_index,
+    index_size_on_disk,
+    new_items,
+    number_rows,
+    open_index,
+    read_items,
+    resolve_metric,
+    verify,
+)
+from pixdex.retrieval.models import open_model, stage_model
 from pixdex.world import World
 
 
@@ -37,8 +46,9 @@ class Options:
     shard_dir: Path | None = None  # where the shards meet (outside the output folder)
 
 
-def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *,
-                      skip_sha: set[str] | None = None) -> tuple[Any, Any, list[dict[str, Any]], list[dict[str, Any]]]:
+def _embed_collection(
+    run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *, skip_sha: set[str] | None = None
+) -> tuple[Any, Any, list[dict[str, Any]], list[dict[str, Any]]]:
     """(collection, embedded, facts of embedded rows' sources, skipped) for DATA."""
     coll = collect(data_spec, pset, labels=opts.labels, split=opts.split)
     if not coll.items and not coll.skipped:
@@ -60,8 +70,15 @@ def _embed_collection(run: LoadedRun, data_spec: str, pset: PluginSet, opts: Opt
     place = placement(opts.runtime["device"], opts.runtime["precision"], world=world, notify=opts.notify)
     lo, hi = contiguous_shard(len(keep), world)
     keys = [coll.items[i][0] for i in keep[lo:hi]]
-    embedded = embed_keys(run, keys, opts.runtime, place, opener=coll.opener, max_pixels=opts.max_pixels,
-                          progress=opts.progress and world.is_main)
+    embedded = embed_keys(
+        run,
+        keys,
+        opts.runtime,
+        place,
+        opener=coll.opener,
+        max_pixels=opts.max_pixels,
+        progress=opts.progress and world.is_main,
+    )
     embedded.positions = np.asarray([keep[lo + p] for p in embedded.positions.tolist()], dtype=np.int64)
     if world.distributed:
         embedded = gather_shards(embedded, world, opts.shard_dir)
@@ -86,8 +103,10 @@ def gather_shards(mine: Any, world: Any, shard_dir: Path | None) -> Any:
     assert shard_dir is not None, "distributed embedding needs a staging folder"
     shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(shard_dir / f"rank{world.rank}.npy", npy_bytes(mine.embeddings))
-    atomic_write_bytes(shard_dir / f"rank{world.rank}.json",
-                       _json.dumps({"positions": mine.positions.tolist(), "skipped": mine.skipped}).encode())
+    atomic_write_bytes(
+        shard_dir / f"rank{world.rank}.json",
+        _json.dumps({"positions": mine.positions.tolist(), "skipped": mine.skipped}).encode(),
+    )
     world.barrier()
     if not world.is_main:
         return Embedded(mine.embeddings[:0], mine.positions[:0], [])
@@ -100,15 +119,27 @@ def gather_shards(mine: Any, world: Any, shard_dir: Path | None) -> Any:
     import shutil
 
     shutil.rmtree(shard_dir, ignore_errors=True)
-    return Embedded(np.concatenate(parts).astype(np.float32, copy=False), np.asarray(positions, dtype=np.int64), skipped)
+    return Embedded(
+        np.concatenate(parts).astype(np.float32, copy=False), np.asarray(positions, dtype=np.int64), skipped
+    )
 
 
-def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config, opts: Options,
-          *, force: bool = False) -> dict[str, Any]:
+def build(
+    model_spec: str,
+    data_spec: str,
+    out_dir: str | Path,
+    pset: PluginSet,
+    config: Config,
+    opts: Options,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
     """Embed DATA with MODEL and commit a new index folder."""
     out_dir = Path(out_dir)
     if (out_dir / "manifest.json").exists() and not force:
-        raise PixdexError(f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it")
+        raise PixdexError(
+            f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it"
+        )
     run = open_model(model_spec, pset, config)
     metric = resolve_metric(config, run)
     opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
@@ -116,14 +147,16 @@ def build(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet,
     if not opts.world.is_main:
         return {}
     if len(embedded.positions) == 0:
-        raise PixdexError(f"no image of {data_spec} could be embedded ({len(skipped)} skipped): "
-                          f"an empty collection is refused")
+        raise PixdexError(
+            f"no image of {data_spec} could be embedded ({len(skipped)} skipped): an empty collection is refused"
+        )
     items = number_rows(new_items(coll, embedded, facts, 0))
     contents = IndexContents(embedded.embeddings, items, len(items), skipped)
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         model_record = stage_model(writer, run)
-        commit_index(writer, pset, config, contents, metric=metric, model_record=model_record,
-                                created=now(), notify=opts.notify)
+        commit_index(
+            writer, pset, config, contents, metric=metric, model_record=model_record, created=now(), notify=opts.notify
+        )
     return {**info_record(out_dir, _committed(out_dir)), "skipped_entries": skipped}
 
 
@@ -141,7 +174,9 @@ def shard_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.shards-{job}"
 
 
-def _current(folder: Path, pset: PluginSet) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+def _current(
+    folder: Path, pset: PluginSet
+) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
     """The committed state of an index folder (verified), loaded into memory for a rewrite."""
     with reading(folder) as manifest:
         verify(folder, manifest)
@@ -177,13 +212,24 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
         crash_point("index:embedded")
-        contents = IndexContents(np.concatenate([embeddings, embedded.embeddings]) if len(added) else embeddings,
-                                 number_rows(items + added), int(manifest["next_id"]) + len(added),
-                                 _merge_skips(skipped_old, skipped))
+        contents = IndexContents(
+            np.concatenate([embeddings, embedded.embeddings]) if len(added) else embeddings,
+            number_rows(items + added),
+            int(manifest["next_id"]) + len(added),
+            _merge_skips(skipped_old, skipped),
+        )
         config = _index_config(pset, manifest, opts.runtime)
-        commit_index(writer, pset, config, contents, metric=manifest["metric"],
-                                    model_record=manifest["model"], created=manifest["created"],
-                                    carried_files=_carried(manifest), notify=opts.notify)
+        commit_index(
+            writer,
+            pset,
+            config,
+            contents,
+            metric=manifest["metric"],
+            model_record=manifest["model"],
+            created=manifest["created"],
+            carried_files=_carried(manifest),
+            notify=opts.notify,
+        )
     return {**info_record(folder, _committed(folder)), "added": len(added), "skipped_entries": skipped}
 
 
@@ -205,12 +251,21 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
         if len(drop) == len(items):
             raise PixdexError(f"removing every item would leave {folder} empty; delete the folder instead")
         keep = np.setdiff1d(np.arange(len(items)), np.asarray(drop))
-        contents = IndexContents(embeddings[keep], number_rows([items[i] for i in keep.tolist()]),
-                                 int(manifest["next_id"]), skipped_old)
+        contents = IndexContents(
+            embeddings[keep], number_rows([items[i] for i in keep.tolist()]), int(manifest["next_id"]), skipped_old
+        )
         config = _index_config(pset, manifest, opts.runtime)
-        commit_index(writer, pset, config, contents, metric=manifest["metric"],
-                                    model_record=manifest["model"], created=manifest["created"],
-                                    carried_files=_carried(manifest), notify=opts.notify)
+        commit_index(
+            writer,
+            pset,
+            config,
+            contents,
+            metric=manifest["metric"],
+            model_record=manifest["model"],
+            created=manifest["created"],
+            carried_files=_carried(manifest),
+            notify=opts.notify,
+        )
     return {**info_record(folder, _committed(folder)), "removed": len(drop), "not_found": missing}
 
 
@@ -237,13 +292,22 @@ def info_record(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     params = manifest["index"].get("params", {})
     return {
-        "path": str(folder), "count": manifest["count"], "dim": manifest["dim"], "metric": manifest["metric"],
-        "skipped": manifest.get("skipped", 0), "next_id": manifest["next_id"],
-        "index": manifest["index"]["name"], "options": manifest["index"].get("options", {}), "params": params,
+        "path": str(folder),
+        "count": manifest["count"],
+        "dim": manifest["dim"],
+        "metric": manifest["metric"],
+        "skipped": manifest.get("skipped", 0),
+        "next_id": manifest["next_id"],
+        "index": manifest["index"]["name"],
+        "options": manifest["index"].get("options", {}),
+        "params": params,
         "recall_at_10": params.get("recall_at_10", params.get("measured_recall")),
         "model": {k: manifest["model"].get(k) for k in ("kind", "source", "sha256", "embed_dim", "loss")},
-        "size_bytes": size, "created": manifest["created"], "updated": manifest["updated"],
-        "format_version": manifest["format_version"], "pixdex_version": manifest.get("pixdex_version"),
+        "size_bytes": size,
+        "created": manifest["created"],
+        "updated": manifest["updated"],
+        "format_version": manifest["format_version"],
+        "pixdex_version": manifest.get("pixdex_version"),
     }
 
 
@@ -252,8 +316,9 @@ def info(index_dir: str | Path, pset: PluginSet) -> dict[str, Any]:
     return info_record(opened.path, opened.manifest)
 
 
-def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config,
-                    opts: Options) -> dict[str, Any]:
+def embed_to_folder(
+    model_spec: str, data_spec: str, out_dir: str | Path, pset: PluginSet, config: Config, opts: Options
+) -> dict[str, Any]:
     """`pixdex embed`: embeddings.npy + items.jsonl (+ skipped.jsonl), committed together."""
     out_dir = Path(out_dir)
     for other in ("pixdex.json", "manifest.json"):
@@ -273,10 +338,22 @@ def embed_to_folder(model_spec: str, data_spec: str, out_dir: str | Path, pset: 
         save_npy(writer, "embeddings.npy", embedded.embeddings)
         writer.write_bytes("items.jsonl", jsonl_bytes(items))
         writer.write_bytes("skipped.jsonl", jsonl_bytes(skipped))
-        writer.commit(lambda files: {"format": "pixdex-embeddings", "format_version": 1, "created": now(),
-                                     "count": len(items), "dim": int(embedded.embeddings.shape[1]),
-                                     "model": model_spec, "data": data_spec, "files": files})
-    return {"path": str(out_dir), "count": len(items), "dim": int(embedded.embeddings.shape[1]),
-            "skipped": len(skipped), "skipped_entries": skipped}
-
-
+        writer.commit(
+            lambda files: {
+                "format": "pixdex-embeddings",
+                "format_version": 1,
+                "created": now(),
+                "count": len(items),
+                "dim": int(embedded.embeddings.shape[1]),
+                "model": model_spec,
+                "data": data_spec,
+                "files": files,
+            }
+        )
+    return {
+        "path": str(out_dir),
+        "count": len(items),
+        "dim": int(embedded.embeddings.shape[1]),
+        "skipped": len(skipped),
+        "skipped_entries": skipped,
+    }

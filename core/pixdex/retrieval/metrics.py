@@ -82,8 +82,16 @@ class Rows:
     """Chunks of a (possibly memory-mapped) matrix as prepared device tensors; the whole
     matrix is kept on the device when it is small, so repeated passes do not re-read it."""
 
-    def __init__(self, vectors: np.ndarray, metric: str, device: str, chunk_size: int, *, dtype: Any = None,
-                 cache_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        metric: str,
+        device: str,
+        chunk_size: int,
+        *,
+        dtype: Any = None,
+        cache_bytes: int = 256 << 20,
+    ) -> None:
         self.vectors, self.metric, self.device, self.chunk_size = vectors, metric, device, max(1, int(chunk_size))
         self.dtype = score_dtype(device) if dtype is None else dtype
         self.n = len(vectors)
@@ -100,8 +108,14 @@ class Rows:
     def chunks(self) -> Iterator[tuple[int, Any]]:
         for start in range(0, self.n, self.chunk_size):
             stop = min(start + self.chunk_size, self.n)
-            yield start, (self._all[start:stop] if self._all is not None
-                          else prepare(self.vectors[start:stop], self.metric, self.device, self.dtype))
+            yield (
+                start,
+                (
+                    self._all[start:stop]
+                    if self._all is not None
+                    else prepare(self.vectors[start:stop], self.metric, self.device, self.dtype)
+                ),
+            )
 
 
 def _codes(values: Sequence[str | None], table: dict[str, int], *, missing: int = -1) -> np.ndarray:
@@ -113,9 +127,17 @@ def _codes(values: Sequence[str | None], table: dict[str, int], *, missing: int 
     return out
 
 
-def evaluate(gallery: Side, queries: Side, *, metric: str, self_rows: np.ndarray | None = None,
-             chunk_size: int = 4096, query_block: int = QUERY_BLOCK, device: str = "cpu",
-             top_k: int = 0) -> dict[str, Any]:
+def evaluate(
+    gallery: Side,
+    queries: Side,
+    *,
+    metric: str,
+    self_rows: np.ndarray | None = None,
+    chunk_size: int = 4096,
+    query_block: int = QUERY_BLOCK,
+    device: str = "cpu",
+    top_k: int = 0,
+) -> dict[str, Any]:
     """Exact retrieval metrics of ``queries`` against ``gallery`` (see the module docstring).
 
     ``self_rows[q]`` is the gallery row of query q in leave-one-out mode (-1: none). Returns
@@ -182,11 +204,11 @@ def evaluate(gallery: Side, queries: Side, *, metric: str, self_rows: np.ndarray
             sub_t = torch.as_tensor(sub, device=dev)
             rows = rows_of[code]
             for start in range(0, len(rows), gal.chunk_size):
-                part = rows[start:start + gal.chunk_size]
+                part = rows[start : start + gal.chunk_size]
                 part_t = torch.as_tensor(part, device=dev)
                 s = scores(qv[sub_t], gal.take(part), metric)
                 out = (bs[sub_t][:, None] == g_sha_t[part_t][None, :]) | (bo[sub_t][:, None] == part_t[None, :])
-                rel[sub_t, start:start + len(part)] = s.masked_fill(out, float("inf"))
+                rel[sub_t, start : start + len(part)] = s.masked_fill(out, float("inf"))
         rel = rel.sort(dim=1).values
         n_rel = torch.isfinite(rel).sum(1)
 
@@ -223,8 +245,9 @@ def evaluate(gallery: Side, queries: Side, *, metric: str, self_rows: np.ndarray
         first = 1 + above.gather(1, (n_rel - 1).clamp_min(0)[:, None])[:, 0]
         hasf = has.to(dtype)
         totals["ap"] += float((prec.sum(1) / nr * hasf).sum())
-        totals["map_at_r"] += float((torch.where(rank <= nr[:, None], prec, torch.zeros_like(prec)).sum(1) / nr
-                                     * hasf).sum())
+        totals["map_at_r"] += float(
+            (torch.where(rank <= nr[:, None], prec, torch.zeros_like(prec)).sum(1) / nr * hasf).sum()
+        )
         totals["p1"] += float(((first == 1) & has).sum())
         for k in RECALL_KS:
             totals[f"r{k}"] += float(((first <= k) & has).sum())
@@ -246,8 +269,11 @@ def evaluate(gallery: Side, queries: Side, *, metric: str, self_rows: np.ndarray
         "precision_at_1": totals["p1"] / m if m else None,
         "recall_at_k": {str(k): (totals[f"r{k}"] / m if m else None) for k in RECALL_KS},
         "map_at_r": totals["map_at_r"] / m if m else None,
-        "queries": m, "queries_without_relevant": without, "excluded_same_sha256": excluded,
-        "gallery": n, "metric": metric,
+        "queries": m,
+        "queries_without_relevant": without,
+        "excluded_same_sha256": excluded,
+        "gallery": n,
+        "metric": metric,
     }
     if top_k:
         ev = np.asarray(evaluated, dtype=np.int64)
@@ -270,8 +296,16 @@ def _count_same_sha(q_sha: np.ndarray, own: np.ndarray, g_sha: np.ndarray) -> in
     return total
 
 
-def ann_recall(ann: Any, gallery: Side, queries: Side, evaluated: np.ndarray, exact_top: np.ndarray, *,
-               self_rows: np.ndarray | None = None, block: int = 1024) -> float | None:
+def ann_recall(
+    ann: Any,
+    gallery: Side,
+    queries: Side,
+    evaluated: np.ndarray,
+    exact_top: np.ndarray,
+    *,
+    self_rows: np.ndarray | None = None,
+    block: int = 1024,
+) -> float | None:
     """Mean over ``evaluated`` queries of |ANN top-10 ∩ exact top-10| / |exact top-10|.
 
     The ANN is asked for extra neighbours to make up for the rows the exact ranking left
@@ -292,8 +326,8 @@ def ann_recall(ann: Any, gallery: Side, queries: Side, evaluated: np.ndarray, ex
         left_out.append(out)
     total, counted = 0.0, 0
     for start in range(0, len(evaluated), block):
-        qs = evaluated[start:start + block]
-        extra = max(len(s) for s in left_out[start:start + block])
+        qs = evaluated[start : start + block]
+        extra = max(len(s) for s in left_out[start : start + block])
         want = min(k + extra, len(gallery.vectors))
         ids, _ = ann.search(np.ascontiguousarray(queries.vectors[qs], dtype=np.float32), want)
         for j, q_ids in enumerate(ids):
@@ -308,21 +342,31 @@ def ann_recall(ann: Any, gallery: Side, queries: Side, evaluated: np.ndarray, ex
 
 # --- the command: gallery = an index folder; queries = leave-one-out, an index folder, or DATA -------
 
+
 def _index_side(index: Any) -> Side:
     return Side(index.embeddings, [it.get("label") for it in index.items], [it.get("sha256") for it in index.items])
 
 
-def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, Any], *, labels: str,
-                   split: str | None, progress: bool, notify: Any) -> tuple[Side, list[dict[str, Any]]]:
+def _image_queries(
+    index: Any,
+    specs: list[str],
+    pset: Any,
+    runtime: dict[str, Any],
+    *,
+    labels: str,
+    split: str | None,
+    progress: bool,
+    notify: Any,
+) -> tuple[Side, list[dict[str, Any]]]:
     """Embed DATA (folders, list files, NAME:ARG specs; single image files, unlabelled) with the
     index's own model. DATA with a test split gives its test split unless ``split`` says otherwise."""
     from pathlib import Path
 
     from pixdex.data.datasets import open_dataset
-    from pixdex.device import placement
-    from pixdex.retrieval.embed import embed_keys, facts_for
-    from pixdex.errors import PixdexError
     from pixdex.data.images import has_image_extension
+    from pixdex.device import placement
+    from pixdex.errors import PixdexError
+    from pixdex.retrieval.embed import embed_keys, facts_for
     from pixdex.retrieval.search import index_model
 
     run = index_model(index, pset)
@@ -344,8 +388,16 @@ def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, A
             continue
         keys = [k for k, _ in items]
         facts = facts_for(keys, opener)
-        embedded = embed_keys(run, keys, runtime, place, opener=opener, max_pixels=runtime["max_pixels"],
-                              progress=progress, desc="queries")
+        embedded = embed_keys(
+            run,
+            keys,
+            runtime,
+            place,
+            opener=opener,
+            max_pixels=runtime["max_pixels"],
+            progress=progress,
+            desc="queries",
+        )
         skipped += embedded.skipped
         vectors.append(embedded.embeddings)
         for p in embedded.positions.tolist():
@@ -358,10 +410,20 @@ def _image_queries(index: Any, specs: list[str], pset: Any, runtime: dict[str, A
     return Side(np.concatenate(vectors), qlabels, qshas), skipped
 
 
-def evaluate_index(index_dir: Any, queries: list[str], pset: Any, runtime: dict[str, Any], *,
-                   leave_one_out: bool = False, use_index: bool = False, chunk_size: int = 4096,
-                   labels: str = "auto", split: str | None = None, progress: bool = False,
-                   notify: Any = lambda m: None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_index(
+    index_dir: Any,
+    queries: list[str],
+    pset: Any,
+    runtime: dict[str, Any],
+    *,
+    leave_one_out: bool = False,
+    use_index: bool = False,
+    chunk_size: int = 4096,
+    labels: str = "auto",
+    split: str | None = None,
+    progress: bool = False,
+    notify: Any = lambda m: None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`pixdex evaluate-retrieval`: the report and the skipped query images."""
     from pathlib import Path
 
@@ -370,8 +432,9 @@ def evaluate_index(index_dir: Any, queries: list[str], pset: Any, runtime: dict[
     from pixdex.retrieval.index_folder import open_index
 
     if leave_one_out and queries:
-        raise UsageError("--leave-one-out uses the index's own items as queries: give QUERIES or "
-                         "--leave-one-out, not both")
+        raise UsageError(
+            "--leave-one-out uses the index's own items as queries: give QUERIES or --leave-one-out, not both"
+        )
     if not leave_one_out and not queries:
         raise UsageError("give QUERIES (an index folder, or images / DATA) or --leave-one-out")
     index = open_index(index_dir, pset)
@@ -385,22 +448,33 @@ def evaluate_index(index_dir: Any, queries: list[str], pset: Any, runtime: dict[
     elif len(queries) == 1 and (Path(queries[0]) / "manifest.json").is_file():
         other = open_index(queries[0], pset)
         if other.manifest["model"]["sha256"] != index.manifest["model"]["sha256"]:
-            raise ArtifactError(f"{queries[0]} was built with another model than {index_dir}: their embeddings "
-                                f"cannot be compared (build both with the same MODEL)")
+            raise ArtifactError(
+                f"{queries[0]} was built with another model than {index_dir}: their embeddings "
+                f"cannot be compared (build both with the same MODEL)"
+            )
         query_side = _index_side(other)
     else:
-        query_side, skipped = _image_queries(index, list(queries), pset, runtime, labels=labels, split=split,
-                                             progress=progress, notify=notify)
+        query_side, skipped = _image_queries(
+            index, list(queries), pset, runtime, labels=labels, split=split, progress=progress, notify=notify
+        )
     if not any(lab is not None for lab in query_side.labels):
         what = f"the items of {index_dir} have" if leave_one_out else "the queries have"
-        raise PixdexError(f"{what} no labels, so relevance is undefined: use labelled DATA (one subfolder "
-                          f"per class)")
-    report = evaluate(gallery, query_side, metric=index.metric, self_rows=self_rows, chunk_size=chunk_size,
-                      device=device, top_k=10 if use_index else 0)
+        raise PixdexError(f"{what} no labels, so relevance is undefined: use labelled DATA (one subfolder per class)")
+    report = evaluate(
+        gallery,
+        query_side,
+        metric=index.metric,
+        self_rows=self_rows,
+        chunk_size=chunk_size,
+        device=device,
+        top_k=10 if use_index else 0,
+    )
     if report["queries"] == 0:
-        raise PixdexError(f"none of the {report['queries_without_relevant']} queries has a relevant item "
-                          f"(same label) in {index_dir}")
+        raise PixdexError(
+            f"none of the {report['queries_without_relevant']} queries has a relevant item (same label) in {index_dir}"
+        )
     if use_index:
-        report["ann_recall_at_10"] = ann_recall(index.ann, gallery, query_side, report.pop("evaluated"),
-                                                report.pop("exact_top"), self_rows=self_rows)
+        report["ann_recall_at_10"] = ann_recall(
+            index.ann, gallery, query_side, report.pop("evaluated"), report.pop("exact_top"), self_rows=self_rows
+        )
     return report, skipped

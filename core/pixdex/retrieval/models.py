@@ -18,9 +18,17 @@ from pixdex.artifacts import FolderWriter, sha256_file, tensors_to_bytes
 from pixdex.config import Config
 from pixdex.contracts import DataInfo
 from pixdex.errors import PixdexError
+from pixdex.pipeline.runs import (
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    LoadedRun,
+    build_pipeline,
+    data_info_record,
+    load_run,
+    now,
+    versions,
+)
 from pixdex.plugins import PluginSet
-from pixdex.pipeline.runs import (RUN_FORMAT, RUN_FORMAT_VERSION, LoadedRun, build_pipeline, data_info_record, load_run,
-                         now, versions)
 
 
 def is_run_folder(spec: str | Path) -> bool:
@@ -48,12 +56,20 @@ def open_model(spec: str, pset: PluginSet, config: Config) -> LoadedRun:
     built = build_pipeline(pset, cfg, info)
     built.pipeline.eval()
     manifest = {
-        "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "status": "complete", "kind": "backbone",
-        "created": now(), "updated": now(), "source": spec,
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "status": "complete",
+        "kind": "backbone",
+        "created": now(),
+        "updated": now(),
+        "source": spec,
         "config": {s: cfg.sections[s] for s in ("backbone", "transform") if s in cfg.sections},
         "data": {"spec": None, "classes": [], "info": data_info_record(info)},
-        "data_config": built.data_config, "embed_dim": int(built.pipeline.backbone.embed_dim),
-        "metric": "cosine", "has_classifier": False, "versions": versions(),
+        "data_config": built.data_config,
+        "embed_dim": int(built.pipeline.backbone.embed_dim),
+        "metric": "cosine",
+        "has_classifier": False,
+        "versions": versions(),
     }
     return LoadedRun(Path(spec), manifest, built.pipeline, built.eval_transform, [])
 
@@ -76,14 +92,22 @@ def stage_model(writer: FolderWriter, run: LoadedRun, prefix: str = "model/") ->
     writer.write_bytes(prefix + "model.safetensors", weights)
     writer.write_json(prefix + "pixdex.json", manifest)
     source = str(run.path.resolve()) if run.manifest.get("kind") != "backbone" else run.manifest.get("source")
-    record = {"sha256": sha, "source": source, "kind": run.manifest.get("kind", "run"),
-              "embed_dim": int(run.pipeline.backbone.embed_dim), "classes": run.classes,
-              "backbone": run.manifest["config"]["backbone"],
-              "transform": run.manifest["config"].get("transform"),
-              "loss": run.manifest["config"].get("loss", {}).get("name"),
-              "data_config": run.manifest["data_config"]}
+    record = {
+        "sha256": sha,
+        "source": source,
+        "kind": run.manifest.get("kind", "run"),
+        "embed_dim": int(run.pipeline.backbone.embed_dim),
+        "classes": run.classes,
+        "backbone": run.manifest["config"]["backbone"],
+        "transform": run.manifest["config"].get("transform"),
+        "loss": run.manifest["config"].get("loss", {}).get("name"),
+        "data_config": run.manifest["data_config"],
+    }
     weights_src = run.manifest["config"]["backbone"].get("weights")
     if weights_src:
-        record["weights_file"] = {"path": weights_src, "sha256": sha256_file(weights_src)} \
-            if Path(weights_src).is_file() else {"path": weights_src}
+        record["weights_file"] = (
+            {"path": weights_src, "sha256": sha256_file(weights_src)}
+            if Path(weights_src).is_file()
+            else {"path": weights_src}
+        )
     return record

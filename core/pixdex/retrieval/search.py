@@ -7,14 +7,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
 from pixdex.device import placement
-from pixdex.retrieval.embed import embed_keys
 from pixdex.errors import ArtifactError, PixdexError
+from pixdex.pipeline.runs import LoadedRun, load_run
+from pixdex.plugins import PluginSet
+from pixdex.retrieval.embed import embed_keys
 from pixdex.retrieval.index_folder import OpenIndex, open_index
 from pixdex.retrieval.models import model_fingerprint
-from pixdex.plugins import PluginSet
-from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
-from pixdex.pipeline.runs import LoadedRun, load_run
 
 
 def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) -> LoadedRun:
@@ -31,13 +31,15 @@ def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) 
     if model_fingerprint(run) != stored["sha256"]:
         problems.append("its weights' sha256 differs")
     if problems:
-        raise ArtifactError(f"--model {override} does not match the model {index.path} was built with: "
-                            + "; ".join(problems))
+        raise ArtifactError(
+            f"--model {override} does not match the model {index.path} was built with: " + "; ".join(problems)
+        )
     return run
 
 
-def embed_queries(run: LoadedRun, queries: list[str], runtime: dict[str, Any], *,
-                  max_pixels: int, notify: Callable[[str], None]) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+def embed_queries(
+    run: LoadedRun, queries: list[str], runtime: dict[str, Any], *, max_pixels: int, notify: Callable[[str], None]
+) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     paths, skipped = expand_inputs(queries)
     if is_single_image(queries, paths):
         check_single_image(paths[0], max_pixels)
@@ -58,9 +60,17 @@ def neighbours(index: OpenIndex, vectors: np.ndarray, k: int) -> tuple[np.ndarra
         raise PixdexError(f"search failed: {exc}") from None
 
 
-def search(index_dir: str | Path, queries: list[str], pset: PluginSet, runtime: dict[str, Any], *, k: int = 10,
-           model: str | None = None, max_pixels: int, notify: Callable[[str], None] = lambda m: None
-           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], OpenIndex]:
+def search(
+    index_dir: str | Path,
+    queries: list[str],
+    pset: PluginSet,
+    runtime: dict[str, Any],
+    *,
+    k: int = 10,
+    model: str | None = None,
+    max_pixels: int,
+    notify: Callable[[str], None] = lambda m: None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], OpenIndex]:
     """Ranked matches for each query image: one row per query with its ``matches``."""
     index = open_index(index_dir, pset)
     run = index_model(index, pset, model)
@@ -73,8 +83,15 @@ def search(index_dir: str | Path, queries: list[str], pset: PluginSet, runtime: 
             if row < 0:
                 continue  # k larger than the collection
             item = index.items[row]
-            matches.append({"rank": rank, "id": item["id"], "path": item["path"], "label": item.get("label"),
-                            "score": float(score)})
+            matches.append(
+                {
+                    "rank": rank,
+                    "id": item["id"],
+                    "path": item["path"],
+                    "label": item.get("label"),
+                    "score": float(score),
+                }
+            )
         rows.append({"query": qpath, "matches": matches})
     return rows, skipped, index
 
@@ -97,21 +114,36 @@ def vote(matches: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     return [{"label": label, "probability": w / norm} for label, w in ranked]
 
 
-def predict_by_neighbours(index_dir: str | Path, images: list[str], pset: PluginSet, runtime: dict[str, Any], *,
-                          k: int = 10, top: int = 5, max_pixels: int, notify: Callable[[str], None] = lambda m: None
-                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def predict_by_neighbours(
+    index_dir: str | Path,
+    images: list[str],
+    pset: PluginSet,
+    runtime: dict[str, Any],
+    *,
+    k: int = 10,
+    top: int = 5,
+    max_pixels: int,
+    notify: Callable[[str], None] = lambda m: None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Classify by the labels of the ``k`` nearest indexed images (for metric-learning models)."""
     rows, skipped, index = search(index_dir, images, pset, runtime, k=k, max_pixels=max_pixels, notify=notify)
     if not any(it.get("label") is not None for it in index.items):
-        raise PixdexError(f"{index_dir} has no labelled items, so neighbours cannot vote on a label; "
-                          f"build it over labelled DATA")
+        raise PixdexError(
+            f"{index_dir} has no labelled items, so neighbours cannot vote on a label; build it over labelled DATA"
+        )
     out = []
     for row in rows:
         ranked = vote(row["matches"], index.metric)[:top]
         if not ranked:
-            skipped.append({"path": row["query"], "reason": "no-labelled-neighbours",
-                            "detail": f"none of its {len(row['matches'])} nearest items has a label"})
+            skipped.append(
+                {
+                    "path": row["query"],
+                    "reason": "no-labelled-neighbours",
+                    "detail": f"none of its {len(row['matches'])} nearest items has a label",
+                }
+            )
             continue
-        out.append({"path": row["query"], "label": ranked[0]["label"], "probability": ranked[0]["probability"],
-                    "top": ranked})
+        out.append(
+            {"path": row["query"], "label": ranked[0]["label"], "probability": ranked[0]["probability"], "top": ranked}
+        )
     return out, skipped

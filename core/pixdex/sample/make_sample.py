@@ -52,7 +52,7 @@ def png_bytes(pixels: "object") -> bytes:
 def make_sample(source: str, out: Path, *, seed: int = SEED) -> int:
     """Write the sample from the IDX files in ``source`` to ``out``; return the file count."""
     from pixdex.data.datasets import safe_class_name
-    from pixdex_datasets.idx import make_idx, IdxOptions
+    from pixdex_datasets.idx import IdxOptions, make_idx
 
     dataset = make_idx(IdxOptions(path=source, kind="fashion-mnist"))
     written = 0
@@ -72,8 +72,9 @@ def make_sample(source: str, out: Path, *, seed: int = SEED) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", default="/usr/share/datasets/fashion-mnist",
-                        help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument(
+        "source", nargs="?", default="/usr/share/datasets/fashion-mnist", help="folder with the Fashion-MNIST IDX files"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "fashion-mnist")
     args = parser.parse_args(argv)
     count = make_sample(args.source, args.out)

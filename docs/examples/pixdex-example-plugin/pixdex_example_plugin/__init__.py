@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pixdex.plugin_api import ConfigError
 from pixdex.hookspecs import hookimpl
+from pixdex.plugin_api import ConfigError
 
 if TYPE_CHECKING:  # only for the type hint: the core passes the object at run time
     from pixdex.plugin_api import Register
@@ -59,9 +59,7 @@ class NumpyBruteIndex:
         # ConfigError is the user's mistake (one line, exit 2); any other exception is
         # reported by the core as this plugin failing (exit 1).
         if options.chunk_size < 1:
-            raise ConfigError(
-                f"index 'numpy-brute' option 'chunk_size' must be at least 1, got {options.chunk_size}"
-            )
+            raise ConfigError(f"index 'numpy-brute' option 'chunk_size' must be at least 1, got {options.chunk_size}")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: numpy-brute supports {', '.join(METRICS)}")
         if dim < 1:
@@ -121,9 +119,7 @@ class NumpyBruteIndex:
                 # Rounding can make an exact match come out slightly above 0; clamp so
                 # a distance is never reported as negative.
                 chunk_scores = np.minimum(2.0 * chunk_scores - chunk_sq - query_sq, 0.0)
-            chunk_ids = np.broadcast_to(
-                np.arange(start, start + chunk.shape[0], dtype=np.int64), chunk_scores.shape
-            )
+            chunk_ids = np.broadcast_to(np.arange(start, start + chunk.shape[0], dtype=np.int64), chunk_scores.shape)
             cand_scores = np.concatenate([best_scores, chunk_scores.astype(np.float32, copy=False)], axis=1)
             cand_ids = np.concatenate([best_ids, chunk_ids], axis=1)
             if cand_scores.shape[1] > keep:
@@ -166,9 +162,7 @@ class NumpyBruteIndex:
         # allow_pickle=False: an index file must never be able to run code when opened.
         vectors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(
-                f"{path} holds {vectors.dtype}{list(vectors.shape)}, expected float32[N, {self.dim}]"
-            )
+            raise ValueError(f"{path} holds {vectors.dtype}{list(vectors.shape)}, expected float32[N, {self.dim}]")
         self._vectors = vectors
 
     # --- helpers ----------------------------------------------------------------------
