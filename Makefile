@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test demo bench-help clean-demo
+.PHONY: venv test lint format demo bench-help clean-demo
 
 # Always re-run the editable install: seconds when nothing changed, and it catches a missing dependency.
 venv:
@@ -13,8 +13,18 @@ venv:
 	@$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP_INSTALL) -e '.[dev]'
 
-test: venv
+# Lint and format check first (seconds), then the suite.
+test: venv lint
 	$(BIN)/python -m pytest --durations=25 --timeout=120
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Rewrite the tree into the project's format and fix what ruff can fix by itself.
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # The main job on the bundled sample (1,200 real Fashion-MNIST images): train, evaluate on
 # the held-out test/ split, predict held-out images, index the training images, search the
