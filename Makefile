@@ -34,7 +34,7 @@ SAMPLE = $$($(BIN)/python -c 'from pixdex.sample import sample_path; print(sampl
 demo: venv
 	@set -e; sample=$(SAMPLE); \
 	echo "== train on $$sample/train (validation: a stratified 10% of it)"; \
-	$(BIN)/pixdex train "$$sample" -o $(DEMO_DIR)/run --batch-size 32 --epochs 10 --force; \
+	$(BIN)/pixdex train "$$sample" -o $(DEMO_DIR)/run --force; \
 	echo "== evaluate on the held-out $$sample/test"; \
 	$(BIN)/pixdex evaluate $(DEMO_DIR)/run "$$sample" --confusion $(DEMO_DIR)/confusion.png; \
 	echo "== predict three held-out images"; \

@@ -3,6 +3,10 @@
     python bench/fashion_mnist.py /usr/share/datasets/fashion-mnist
     python bench/fashion_mnist.py DIR --epochs 10 --seeds 0 1 2 --device cpu
     python bench/fashion_mnist.py DIR --preset tutorial --seeds 0
+    python bench/fashion_mnist.py DIR --preset classic   # the fixed recipe before issue 12
+
+Without --epochs (or a preset that sets them) the automatic recipe applies, as in
+`pixdex train` with no flags.
 
 Trains through pixdex's own API (what `pixdex train idx:DIR` runs), evaluates on the
 10,000 test images, prints one JSON line per seed and a summary with the full command.
@@ -26,7 +30,7 @@ from pixdex.recognition.train import train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the automatic recipe or the preset's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--preset", default=None)
@@ -39,7 +43,9 @@ def main() -> None:
 
     pset = api.load_plugins()
     spec = args.data if args.data.startswith("idx:") else f"idx:{args.data}"
-    flags: dict = {"runtime": {"device": args.device}, "train": {"epochs": args.epochs}}
+    flags: dict = {"runtime": {"device": args.device}, "train": {}}
+    if args.epochs is not None:
+        flags["train"]["epochs"] = args.epochs
     for section in ("backbone", "loss"):
         if getattr(args, section):
             flags[section] = {"name": getattr(args, section)}
@@ -54,9 +60,11 @@ def main() -> None:
         report = evaluate(root / f"seed{seed}", spec, pset, config["runtime"], notify=lambda m: None)
         row = {
             "seed": seed,
-            "epochs": args.epochs,
+            "epochs": result.epochs_done,
+            "stopped_early": result.manifest["stopped_early"],
+            "batch_size": result.manifest["recipe"]["batch_size"],
             "test_top1": round(report["top1"], 4),
-            "best_val_accuracy": round(max(r["val_accuracy"] for r in result.history), 4),
+            "best_val_accuracy": round(max(r["val_accuracy"] or 0.0 for r in result.history), 4),
             "train_seconds": round(train_seconds, 1),
             "seconds_per_epoch": round(sum(r["seconds"] for r in result.history) / len(result.history), 1),
         }

@@ -28,6 +28,8 @@ MARKER = re.compile(r"^<!-- schema: ([a-z0-9-]+) -->\n```json\n(.*?)\n```", re.M
 KEYWORDS = {"type", "properties", "required", "items", "additionalProperties", "enum", "minimum", "maximum"}
 TYPES = {"string", "number", "integer", "boolean", "object", "array", "null"}
 TINY = [
+    "--backbone",
+    "simple-cnn",
     "--set",
     "backbone.widths=[4,8]",
     "--set",

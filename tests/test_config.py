@@ -15,9 +15,16 @@ from pixdex.plugins import load_plugins
 
 def test_defaults_come_from_the_registry(pset):
     config = api.configure(pset, environ={})
-    assert config["runtime"] == {"device": "auto", "precision": "auto", "workers": 2, "batch_size": 256}
-    assert config["backbone"]["name"] == "simple-cnn" and config["loss"]["label_smoothing"] == 0.1
-    assert config["train"]["epochs"] == 10
+    assert config["runtime"] == {
+        "device": "auto",
+        "precision": "auto",
+        "workers": 2,
+        "batch_size": "auto",
+        "memory_budget_mb": 0,
+    }
+    assert config["backbone"]["name"] == "auto" and config["loss"]["label_smoothing"] == 0.1
+    assert config["train"]["epochs"] == "auto" and config["train"]["early_stop"] == "auto"
+    assert config["transform"]["flip"] == 0.0  # flips can change the class (digits, arrows)
 
 
 def test_layers_apply_lowest_first(pset, tmp_path: Path):
@@ -43,7 +50,7 @@ def test_layers_apply_lowest_first(pset, tmp_path: Path):
     [
         ({"sets": ["trian.epochs=3"]}, "Unknown config section [trian]. Did you mean: train?"),
         ({"sets": ["train.epohs=3"]}, "Unknown key 'epohs' in [train]. Did you mean: epochs?"),
-        ({"sets": ["train.epochs=three"]}, "[train] epochs must be an integer, got 'three'"),
+        ({"sets": ["train.epochs=three"]}, "[train] epochs must be an integer or auto, got 'three'"),
         ({"sets": ["index.name=anoy"]}, "Unknown index 'anoy'. Did you mean: annoy?"),
         ({"preset": "quik"}, "Unknown preset 'quik'. Did you mean: quick?"),
         ({"sets": ["train.epochs"]}, "expected SECTION.KEY=VALUE"),
@@ -130,7 +137,7 @@ def test_config_show_refuses_unknown_key_with_exit_2(cli_run):
     assert result.exit_code == 2
     assert result.stderr == (
         "pixdex: error: Unknown key 'devise' in [runtime]. Did you mean: device? "
-        "Valid keys: device, precision, workers, batch_size\n"
+        "Valid keys: device, precision, workers, batch_size, memory_budget_mb\n"
     )
 
 

@@ -15,6 +15,8 @@ import pytest
 from recognition_data import make_folder_dataset
 
 TINY = [
+    "--backbone",
+    "simple-cnn",
     "--set",
     "backbone.widths=[4,8]",
     "--set",

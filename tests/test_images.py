@@ -340,8 +340,8 @@ def test_extensions_are_lower_case_with_dot() -> None:
 def test_probe_grey_same_size(tmp_path: Path) -> None:
     paths = [save(tmp_path / f"{i}.png", Image.new("L", (5, 4), 0 if i % 2 else 255)) for i in range(10)]
     stats = probe_images(paths, sample=10)
-    in_chans, native, mean, std = stats  # unpacks like the tuple it is
-    assert (in_chans, native) == (1, (4, 5))
+    in_chans, native, mean, std, short_side = stats  # unpacks like the tuple it is
+    assert (in_chans, native, short_side) == (1, (4, 5), 4)
     assert mean[0] == pytest.approx(0.5) and std[0] == pytest.approx(0.5)
 
 

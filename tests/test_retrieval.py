@@ -13,6 +13,8 @@ from conftest import invoke
 from recognition_data import make_folder_dataset, pattern_image
 
 TINY = [
+    "--backbone",
+    "simple-cnn",
     "--set",
     "backbone.widths=[4,8]",
     "--set",

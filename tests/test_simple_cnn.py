@@ -16,7 +16,7 @@ from pixdex.errors import ConfigError
 MNIST = DataInfo(in_chans=1, native_size=(28, 28), num_classes=10, mean=(0.13,), std=(0.31,))
 PHOTOS = DataInfo(in_chans=3, native_size=None, num_classes=5, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
 SMALL = {"widths": [4, 8], "embed_dim": 16}
-TUTORIAL = {"convs_per_stage": 1, "batch_norm": False, "input_size": 224, "in_chans": 3}
+TUTORIAL = {"convs_per_stage": 1, "batch_norm": False, "input_size": 224, "in_chans": 3, "max_grid": 0}
 
 
 def build(pset: Any, options: dict | None = None, data: DataInfo = MNIST) -> Any:
@@ -37,7 +37,12 @@ def test_auto_sizes_follow_the_data(pset: Any) -> None:
     model = build(pset, SMALL, PHOTOS)  # unknown (mixed) size -> 224
     assert model.data_config["input_size"] == [3, 224, 224]
     assert model.data_config["mean"] == [0.4, 0.5, 0.6]
-    assert model.fc.in_features == 8 * 56 * 56
+    # a 56 x 56 map is pooled to max_grid x max_grid (8), so the head does not grow with the input
+    assert model.fc.in_features == 8 * 8 * 8
+    flat = build(pset, {**SMALL, "max_grid": 0}, PHOTOS)  # the tutorial's flatten
+    assert flat.fc.in_features == 8 * 56 * 56
+    big = build(pset, {**SMALL, "input_size": 448}, PHOTOS)
+    assert big.fc.in_features == model.fc.in_features
 
 
 def test_auto_keeps_a_non_square_native_size_and_caps_large_ones(pset: Any) -> None:

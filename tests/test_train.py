@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 from recognition_data import make_folder_dataset, pattern_image
 
 TINY = [
+    "--backbone",
+    "simple-cnn",
     "--set",
     "backbone.widths=[4,8]",
     "--set",

@@ -30,6 +30,7 @@ ENV_SHORTCUTS = {
     "PIXDEX_BATCH_SIZE": ("runtime", "batch_size"),
 }
 ALL_SECTIONS = tuple(FIXED_SECTIONS) + COMPONENT_SECTIONS
+AUTO_BACKBONE = "auto"  # the default backbone: training picks one from the data
 
 
 @dataclass
@@ -38,6 +39,13 @@ class Config:
 
     sections: dict[str, dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    # (section, key) pairs set by a preset, a config file, the environment, a flag or --set:
+    # automatic choices (the recipe, the auto backbone) never override these
+    explicit: set[tuple[str, str]] = field(default_factory=set)
+
+    def is_explicit(self, section: str, key: str | None = None) -> bool:
+        """Whether the user chose ``section.key`` (any key of ``section`` when None)."""
+        return any(s == section and (key is None or k == key) for s, k in self.explicit)
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]
@@ -104,10 +112,13 @@ def preset_layer(registry_file: RegistryFile, name: str) -> Layer:
     return presets[name]
 
 
-def merge_layers(layers: list[tuple[str, Layer]], notes: list[str]) -> Layer:
-    """Merge named layers lowest first, applying the component-name rule."""
+def merge_layers(
+    layers: list[tuple[str, Layer]], notes: list[str], origin: dict[tuple[str, str], str] | None = None
+) -> Layer:
+    """Merge named layers lowest first, applying the component-name rule. ``origin``
+    receives the layer that gave each (section, key)."""
     merged: Layer = {}
-    origin: dict[tuple[str, str], str] = {}
+    origin = {} if origin is None else origin
     for layer_name, layer in layers:
         for section, values in layer.items():
             if not isinstance(values, dict):
@@ -163,8 +174,10 @@ def resolve_config(
     layers.append(("flags", flags))
     layers.append(("--set", set_layer))
     notes: list[str] = []
-    merged = merge_layers(layers, notes)
-    return Config(validate(merged, registry, sections), notes)
+    origin: dict[tuple[str, str], str] = {}
+    merged = merge_layers(layers, notes, origin)
+    explicit = {key for key, layer_name in origin.items() if layer_name != layers[0][0]}
+    return Config(validate(merged, registry, sections), notes, explicit)
 
 
 def validate(merged: Layer, registry: Registry, sections: tuple[str, ...] = ALL_SECTIONS) -> dict[str, dict[str, Any]]:
@@ -205,12 +218,16 @@ def validate_fixed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
         out["device"] = check_device_spec(out["device"])
         out["precision"] = check_precision(out["precision"])
-        if out["workers"] < 0 or out["batch_size"] < 1:
-            raise ConfigError("[runtime] workers must be >= 0 and batch_size >= 1")
+        if out["workers"] < 0 or (out["batch_size"] != "auto" and out["batch_size"] < 1):
+            raise ConfigError('[runtime] workers must be >= 0 and batch_size >= 1 (or "auto")')
+        if out["memory_budget_mb"] < 0:
+            raise ConfigError("[runtime] memory_budget_mb must be >= 0 (0: automatic)")
     if section == "retrieval" and out["chunk_size"] < 1:
         raise ConfigError("[retrieval] chunk_size must be >= 1")
-    if section == "train" and (out["epochs"] < 1 or out["lr"] <= 0):
-        raise ConfigError("[train] epochs must be >= 1 and lr > 0")
+    if section == "train" and ((out["epochs"] != "auto" and out["epochs"] < 1) or out["lr"] <= 0):
+        raise ConfigError('[train] epochs must be >= 1 (or "auto") and lr > 0')
+    if section == "train" and out["early_stop"] != "auto" and out["early_stop"] < 0:
+        raise ConfigError('[train] early_stop must be >= 0 (0: off) or "auto"')
     return out
 
 
@@ -223,6 +240,13 @@ def validate_component(section: str, values: Mapping[str, Any], registry: Regist
         return None  # no default for this kind yet
     if not isinstance(name, str):
         raise ConfigError(f"[{section}] name must be a string, got {name!r}")
+    if section == "backbone" and name == AUTO_BACKBONE:
+        if values:
+            raise ConfigError(
+                f"backbone 'auto' chooses the backbone from the data and takes no options "
+                f"(got {', '.join(sorted(values))}); name one to set its options, e.g. --backbone simple-cnn"
+            )
+        return {"name": AUTO_BACKBONE}  # resolved by training, from the data (recognition/recipe.py)
     component, arg = registry.get(section, name)
     options = registry.build_options(component, values, arg)
     out: dict[str, Any] = {"name": name}

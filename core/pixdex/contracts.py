@@ -24,7 +24,8 @@ class DataInfo:
     ``in_chans`` is 1 when every sampled image is greyscale, else 3. ``native_size`` is
     (H, W) when all sampled images share one size, else None. ``mean``/``std`` are
     per-channel statistics of the training data in [0, 1] (len == in_chans), measured on a
-    sample; pretrained backbones ignore them and use their own.
+    sample; pretrained backbones ignore them and use their own. ``short_side`` is the
+    median of the sampled images' shorter sides (None when unknown).
     """
 
     in_chans: int
@@ -32,6 +33,7 @@ class DataInfo:
     num_classes: int
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    short_side: Optional[int] = None  # median shorter side of the sampled images, in pixels
 
 
 @runtime_checkable

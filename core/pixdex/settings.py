@@ -23,14 +23,18 @@ class RuntimeSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     workers: int = 2  # DataLoader worker processes for decoding
-    batch_size: int = 256
+    # images per batch: "auto" sizes training batches from the data and the memory budget
+    # (pixdex.recognition.recipe) and uses INFERENCE_BATCH, capped by memory, for inference
+    batch_size: int | Literal["auto"] = "auto"
+    memory_budget_mb: int = 0  # the most an auto batch may use; 0: a quarter of free memory, <= 2 GB on CPU
 
 
 @dataclass
 class TrainSettings:
     """[train]: the optimisation recipe."""
 
-    epochs: int = 10
+    epochs: int | Literal["auto"] = "auto"  # auto: from the number of training images (recipe.py)
+    early_stop: int | Literal["auto"] = "auto"  # patience in epochs; 0 = off; auto: on with auto epochs
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 0.002
     weight_decay: float = 0.05

@@ -39,7 +39,10 @@ class SimpleCNNOptions:
     or "auto" (the data's). ``widths``: output channels of each stage; a stage is
     ``convs_per_stage`` x (conv ``kernel_size`` [+ batch norm] + ReLU) then a 2x2 max pool.
     ``dropout`` applies before the fc; ``embed_dim`` is the width of the fc, i.e. the
-    embedding.
+    embedding. ``max_grid``: the last feature map is average-pooled to at most this many
+    cells a side before the fc, so the fc does not grow with the input (28 px images keep
+    their 7x7 map; 224 px ones pool 56x56 to 8x8); 0 flattens every cell, as the reference
+    tutorial does.
     """
 
     input_size: int | str = "auto"
@@ -50,6 +53,7 @@ class SimpleCNNOptions:
     kernel_size: int = 3
     dropout: float = 0.0
     embed_dim: int = 128
+    max_grid: int = 8
 
 
 def resolve_input_size(value: int | str, data: DataInfo) -> tuple[int, int]:
@@ -88,6 +92,8 @@ def _check(options: SimpleCNNOptions) -> None:
         problems.append(f"'dropout' must be in [0, 1), got {options.dropout}")
     if options.embed_dim < 1:
         problems.append(f"'embed_dim' must be at least 1, got {options.embed_dim}")
+    if options.max_grid < 0:
+        problems.append(f"'max_grid' must be 0 (flatten every cell) or positive, got {options.max_grid}")
     if problems:
         raise ConfigError("backbone 'simple-cnn' option " + "; ".join(problems))
 
@@ -117,6 +123,7 @@ def make_simple_cnn(options: SimpleCNNOptions | None, *, data: DataInfo) -> Simp
         kernel_size=options.kernel_size,
         dropout=options.dropout,
         embed_dim=options.embed_dim,
+        max_grid=options.max_grid,
     )
     model.data_config = data_config(in_chans, size, data.mean, data.std)
     return model

@@ -9,7 +9,8 @@ from torch import nn
 
 
 class SimpleCNN(nn.Module):
-    """``float[B, C, H, W] -> float[B, embed_dim]``: conv stages, flatten, [dropout], fc, ReLU.
+    """``float[B, C, H, W] -> float[B, embed_dim]``: conv stages, [average pool to at most
+    ``max_grid`` x ``max_grid``], flatten, [dropout], fc, ReLU.
 
     Parameter names (``features.*``, ``fc.*``) are part of the run-folder format: saved
     weights are loaded back by name.
@@ -26,6 +27,7 @@ class SimpleCNN(nn.Module):
         kernel_size: int = 3,
         dropout: float = 0.0,
         embed_dim: int = 128,
+        max_grid: int = 8,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -44,6 +46,13 @@ class SimpleCNN(nn.Module):
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
         self.features = nn.Sequential(*layers)
+        # average-pool a large feature map to at most max_grid x max_grid, so the fc does not
+        # grow with the input (at 224 px the tutorial's flattening fc holds 25.7M weights)
+        if max_grid > 0 and (height > max_grid or width > max_grid):
+            height, width = min(height, max_grid), min(width, max_grid)
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d((height, width))
+        else:
+            self.pool = nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(channels * height * width, embed_dim)
         self.embed_dim = embed_dim
@@ -67,7 +76,7 @@ class SimpleCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
+        x = self.pool(self.features(x))
         # flatten(1) orders features as C, H, W whatever the memory format (channels_last
         # included), so the fc's weights mean the same thing in both layouts
         x = self.dropout(torch.flatten(x, 1))

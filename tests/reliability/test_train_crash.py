@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from recognition_data import make_folder_dataset
 
 ARGS = [
+    "--backbone",
+    "simple-cnn",
     "--set",
     "backbone.widths=[4,8]",
     "--set",

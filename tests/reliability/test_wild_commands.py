@@ -110,6 +110,8 @@ def test_train_over_the_corpus(corpus: dict, tmp_path: Path):
         "--epochs",
         "1",
         *RT,
+        "--backbone",
+        "simple-cnn",
         *MODEL,
         "--val-fraction",
         "0",

@@ -46,7 +46,15 @@ def _runtime_flags() -> list[Decorator]:
             help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere.",
         ),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help=(
+                "Images per batch [default: auto: sized from the data and the memory budget when "
+                "training, 128 or what fits for inference]."
+            ),
+        ),
     ]
 
 

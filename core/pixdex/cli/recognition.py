@@ -32,7 +32,20 @@ from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 )
 @config_options
 @component_options("backbone", "transform", "loss")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of epochs [default: auto, from the number of training images; see docs/recognition.md].",
+)
+@click.option(
+    "--early-stop",
+    "early_stop",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop when validation has not improved for N epochs; 0 trains every epoch "
+    "[default: on with automatic epochs, patience max(3, epochs/4)].",
+)
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
 @click.option(
     "--optimizer",
@@ -100,6 +113,7 @@ def train_cmd(
     flags = flags_layer(params)
     for key, section in (
         ("epochs", "train"),
+        ("early_stop", "train"),
         ("lr", "train"),
         ("optimizer", "train"),
         ("seed", "train"),
@@ -148,6 +162,8 @@ def train_cmd(
         "train_count": result.manifest["data"]["train_count"],
         "val_count": result.manifest["data"]["val_count"],
         "skipped": len(result.skipped),
+        "stopped_early": result.manifest["stopped_early"],
+        "recipe": result.manifest["recipe"],
     }
     rows = [
         {"epoch": r["epoch"], **{k: r[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}}

@@ -563,6 +563,7 @@ class ImageStats(NamedTuple):
     native_size: tuple[int, int] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    short_side: int | None = None  # the median of the images' shorter sides, in pixels
 
 
 _STATS_SIDE = 256  # statistics are measured on thumbnails: big photos cost the same as small
@@ -578,9 +579,10 @@ def probe_images(
 ) -> ImageStats:
     """Decode a seeded sample of ``paths`` and describe it.
 
-    Returns ``(in_chans, native_size, mean, std)``: ``in_chans`` is 1 when every decoded
-    image is greyscale, else 3; ``native_size`` is ``(H, W)`` when they all share one size,
-    else None; ``mean``/``std`` are per-channel pixel statistics in [0, 1]. Bad files are
+    Returns ``(in_chans, native_size, mean, std, short_side)``: ``in_chans`` is 1 when every
+    decoded image is greyscale, else 3; ``native_size`` is ``(H, W)`` when they all share one
+    size, else None; ``mean``/``std`` are per-channel pixel statistics in [0, 1];
+    ``short_side`` is the median of the shorter sides (what "photo-sized" is judged by). Bad files are
     passed over (the next ones in the seeded order stand in for them); if none of
     ``paths`` decodes, a :class:`~pixdex.errors.PixdexError` names the first few reasons.
     ``opener`` replaces :func:`open_image` (for keys such as ``idx:train/000001``).
@@ -624,4 +626,7 @@ def probe_images(
         count += arr.shape[0]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return ImageStats(in_chans, native_size, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    sides = sorted(min(im.size) for im in images)
+    return ImageStats(
+        in_chans, native_size, tuple(float(m) for m in mean), tuple(float(s) for s in std), sides[len(sides) // 2]
+    )

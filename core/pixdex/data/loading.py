@@ -132,4 +132,5 @@ def tensor_stats(images: torch.Tensor, *, sample: int = 10000, seed: int = 0) ->
         (int(images.shape[2]), int(images.shape[3])),
         tuple(float(m) for m in mean),
         tuple(float(s) for s in std),
+        int(min(images.shape[2], images.shape[3])),
     )

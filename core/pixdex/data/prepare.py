@@ -85,7 +85,7 @@ def prepare_training(spec: str, pset: PluginSet, data: dict[str, Any], seed: int
 
 
 def measure(prep: Prepared, max_pixels: int, num_classes: int, seed: int) -> DataInfo:
-    """Channels, native size and per-channel mean/std of the training data (a sample)."""
+    """Channels, native size, per-channel mean/std and short side of the training data (a sample)."""
     if prep.tensors is not None:
         images = prep.tensors[0]
         gen = torch.Generator().manual_seed(seed)
@@ -93,10 +93,11 @@ def measure(prep: Prepared, max_pixels: int, num_classes: int, seed: int) -> Dat
         sample = images[pos[torch.randperm(len(pos), generator=gen)[:4096]]].float() / 255.0
         mean = sample.mean(dim=(0, 2, 3)).tolist()
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-        return DataInfo(
-            int(images.shape[1]), (int(images.shape[2]), int(images.shape[3])), num_classes, tuple(mean), tuple(std)
-        )
+        height, width = int(images.shape[2]), int(images.shape[3])
+        return DataInfo(int(images.shape[1]), (height, width), num_classes, tuple(mean), tuple(std), min(height, width))
     from pixdex.data.images import probe_images
 
-    in_chans, native, mean, std = probe_images(prep.train.keys, sample=PROBE_SAMPLE, max_pixels=max_pixels, seed=seed)
-    return DataInfo(in_chans, native, num_classes, tuple(mean), tuple(std))
+    stats = probe_images(prep.train.keys, sample=PROBE_SAMPLE, max_pixels=max_pixels, seed=seed)
+    return DataInfo(
+        stats.in_chans, stats.native_size, num_classes, tuple(stats.mean), tuple(stats.std), stats.short_side
+    )

@@ -221,6 +221,8 @@ def make_source(
     """The batch source of every command: ``images`` (uint8 [N, C, H, W], already decoded,
     as IDX datasets give them) when given, else ``keys`` decoded by ``runtime["workers"]``
     DataLoader workers. ``labels`` default to -1 (unlabelled)."""
+    if runtime["batch_size"] == "auto":
+        raise ValueError("make_source needs a concrete batch size: resolve runtime.batch_size = 'auto' first")
     labels = list(labels) if labels is not None else [-1] * len(keys)
     if images is not None:
         return TensorSource(

@@ -34,6 +34,18 @@ def place_model(model: torch.nn.Module, place: Placement) -> torch.nn.Module:
     return model
 
 
+def inference_runtime(
+    runtime: dict[str, Any], pipeline: torch.nn.Module, transform: Transform, place: Placement
+) -> dict[str, Any]:
+    """``runtime`` with a concrete ``batch_size``: as set, or for ``auto`` the inference
+    batch that fits the memory budget (:func:`pixdex.pipeline.memory.inference_batch`)."""
+    if runtime["batch_size"] != "auto":
+        return runtime
+    from pixdex.pipeline.memory import inference_batch
+
+    return {**runtime, "batch_size": inference_batch(place_model(pipeline, place), transform, place, runtime)}
+
+
 BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
 

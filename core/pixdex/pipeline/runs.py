@@ -141,6 +141,7 @@ def data_info_from(record: dict[str, Any]) -> DataInfo:
         num_classes=record["num_classes"],
         mean=tuple(record["mean"]),
         std=tuple(record["std"]),
+        short_side=record.get("short_side"),  # absent from runs made before it was measured
     )
 
 

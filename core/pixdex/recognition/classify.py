@@ -12,7 +12,7 @@ from pixdex.data.image_args import check_single_image, expand_inputs, is_single_
 from pixdex.data.sources import make_source
 from pixdex.device import placement
 from pixdex.errors import PixdexError
-from pixdex.pipeline.inference import run_inference
+from pixdex.pipeline.inference import inference_runtime, run_inference
 from pixdex.pipeline.runs import LoadedRun, load_run
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
@@ -55,6 +55,7 @@ def evaluate(
         raise PixdexError(f"{data_spec} has no images in its {split_name} split")
     targets = map_labels(items, run.classes)
     images = ds.as_tensors(split_name)[0] if hasattr(ds, "as_tensors") else None
+    runtime = inference_runtime(runtime, run.pipeline, run.transform, place)
     source = make_source(
         [k for k, _ in items],
         targets,
@@ -97,6 +98,7 @@ def predict(
     if not paths:
         raise PixdexError("no images found in " + ", ".join(inputs))
     place = placement(runtime["device"], runtime["precision"], notify=notify)
+    runtime = inference_runtime(runtime, run.pipeline, run.transform, place)
     source = make_source(paths, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels)
     out = run_inference(run.pipeline, run.transform, source, place)
     skipped += out.skipped

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import torch
 
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, load_safetensors, read_json, tensors_to_bytes
-from pixdex.config import Config
-from pixdex.data.prepare import measure, prepare_training
+from pixdex.config import AUTO_BACKBONE, Config, validate_component
+from pixdex.data.prepare import Split, measure, prepare_training
 from pixdex.data.sources import make_source
 from pixdex.device import placement
 from pixdex.errors import PixdexError, UsageError
@@ -37,7 +37,9 @@ from pixdex.pipeline.runs import (
     versions,
 )
 from pixdex.plugins import PluginSet
+from pixdex.recognition import recipe as recipes
 from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
+from pixdex.recognition.recipe import Recipe, choose_backbone, drops_last, plan
 from pixdex.recognition.schedule import lr_factor, make_optimizer, set_lr
 from pixdex.world import World
 
@@ -50,7 +52,21 @@ HISTORY_COLUMNS = [
     "lr",
     "seconds",
     "images_per_second",
+    "best",  # 1 on the epoch whose weights model.safetensors holds, else 0
 ]
+RESUMABLE_TRAIN_KEYS = ("epochs", "early_stop")  # --resume may change these [train] keys
+KNN_REFERENCE = 2000  # training images validation is matched against when the loss has no classifier
+
+
+def knn_labels(queries: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, metric: str) -> torch.Tensor:
+    """The label of each query's nearest reference embedding (cosine, l2 or ip)."""
+    q, r = queries.float(), reference.float().to(queries.device)
+    if metric == "cosine":
+        q, r = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(r, dim=1)
+    scores = q @ r.T
+    if metric == "l2":
+        scores = 2 * scores - (r * r).sum(1)[None, :]
+    return labels.to(queries.device)[scores.argmax(1)]
 
 
 @dataclass
@@ -77,7 +93,11 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         out.append(
-            {k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else None)) for k, v in row.items()}
+            {
+                k: (int(v) if k in ("epoch", "best") else (float(v) if v not in ("", None) else None))
+                for k, v in row.items()
+                if v is not None  # runs written before a column existed lack it
+            }
         )
     return out
 
@@ -129,6 +149,8 @@ class Trainer:
         self.world, self.notify, self.progress = world, notify, progress
         self.t = config["train"]
         self.seed = int(self.t["seed"])
+        self.pretrained = False
+        self.stopped_early = False
 
     def setup(self) -> None:
         cfg, data = self.config, self.config["data"]
@@ -139,6 +161,7 @@ class Trainer:
         if len(self.prep.classes) < 2:
             raise PixdexError(f"{self.data_spec} has {len(self.prep.classes)} class; a classifier needs at least 2")
         self.info = measure(self.prep, data["max_pixels"], len(self.prep.classes), self.seed)
+        self.backbone_rule = self.choose_backbone()
         torch.manual_seed(self.seed)  # the model's initial weights depend on the seed alone
         built = build_pipeline(self.pset, cfg, self.info)
         self.model: Pipeline = built.pipeline.to(self.place.device)
@@ -151,6 +174,8 @@ class Trainer:
         self._ddp: Any = None
         self._ddp_frozen: bool | None = None
         self.train_t, self.eval_t, self.data_config = built.train_transform, built.eval_transform, built.data_config
+        self.pk = self._pk_request()
+        self.recipe = self.size_recipe()
         common = dict(
             runtime=runtime,
             device=self.place.device,
@@ -168,18 +193,110 @@ class Trainer:
         self.val_src = make_source(
             self.prep.val.keys, self.prep.val.labels, self.eval_t, images=self.prep.images_of(self.prep.val), **common
         )
+        self.reference_src = self._reference_source(common) if not self.model.has_classifier else None
         self.optimizer = make_optimizer(self.model, self.t)
-        self.pk = self._pk_request()
         if self.pk is not None:  # the loss asks for P classes x K images per batch
             self.train_src.batch_size = self.pk[0] * self.pk[1]
-        self.drop_last = self.pk is not None or len(self.train_src) > runtime["batch_size"]
-        self.steps_per_epoch = max(1, -(-len(self.epoch_order(0)) // self.train_src.batch_size))
+        n_train = len(self.train_src)
+        self.drop_last = self.pk is not None or drops_last(n_train, self.train_src.batch_size)
+        taken = len(self.epoch_order(0))  # whole batches per process under DDP, P x K blocks
+        self.steps_per_epoch = max(
+            1, taken // self.train_src.batch_size if self.drop_last else -(-taken // self.train_src.batch_size)
+        )
         schedule_epochs = self.t["schedule_epochs"] or self.t["epochs"]
         self.total_steps = schedule_epochs * self.steps_per_epoch
         self.warmup_steps = int(round(self.t["warmup_epochs"] * self.steps_per_epoch))
+        self.patience = int(self.t["early_stop"])
+        if not len(self.val_src):
+            self.notify(
+                "pixdex: note: no validation images (val_fraction 0, or classes too small to split): "
+                "model.safetensors keeps the last epoch and early stopping is off"
+            )
+            self.patience = 0
+        self.notify(self.recipe_line())
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.step, self.best = 0, 0, None
         self.best_epoch = 0
+
+    # --- automatic choices: the backbone and the recipe (recognition/recipe.py) ------------
+    def choose_backbone(self) -> str | None:
+        """Resolve ``backbone = "auto"`` from the measured data; returns the rule applied."""
+        cfg = self.config
+        if cfg["backbone"]["name"] != AUTO_BACKBONE:
+            return None
+        choice = choose_backbone(
+            self.info.in_chans, self.info.short_side, pretrained_installed=recipes.pretrained_available()
+        )
+        cfg.sections["backbone"] = validate_component("backbone", choice.backbone, self.pset.registry)
+        preset = self.pset.registry_file.presets.get(choice.transform_preset or "", {})
+        if "transform" in preset and not cfg.is_explicit("transform"):
+            cfg.sections["transform"] = validate_component("transform", dict(preset["transform"]), self.pset.registry)
+        for key, value in choice.train.items():
+            if not cfg.is_explicit("train", key):
+                cfg.sections["train"][key] = value
+        if choice.note:
+            self.notify(f"pixdex: note: {choice.note}")
+        self.pretrained = choice.pretrained
+        return choice.rule
+
+    def size_recipe(self) -> Recipe:
+        """Resolve ``batch_size``, ``epochs`` and ``early_stop`` set to "auto" into the
+        concrete values the run records (so --resume repeats them)."""
+        runtime, t = self.config["runtime"], self.t
+        n_train, size = len(self.prep.train.keys), self.world.size
+        max_fit = None
+        if runtime["batch_size"] == "auto" and self.pk is None:
+            from pixdex.pipeline.memory import max_train_batch
+
+            max_fit = size * max_train_batch(self.model, self.eval_t, self.place, runtime)
+        explicit_batch = runtime["batch_size"] if runtime["batch_size"] == "auto" else runtime["batch_size"] * size
+        recipe = plan(
+            n_train,
+            batch_size=explicit_batch if self.pk is None else self.pk[0] * self.pk[1] * size,
+            epochs=t["epochs"],
+            early_stop=t["early_stop"],
+            pretrained=self.pretrained or bool(self.config["backbone"].get("pretrained")),
+            max_fit=max_fit,
+        )
+        self.auto_keys = [
+            k
+            for k, v in (
+                ("batch_size", runtime["batch_size"]),
+                ("epochs", t["epochs"]),
+                ("early_stop", t["early_stop"]),
+            )
+            if v == "auto"
+        ]
+        runtime["batch_size"] = max(1, recipe.batch_size // size)
+        t["epochs"], t["early_stop"] = recipe.epochs, recipe.early_stop
+        return recipe
+
+    def recipe_line(self) -> str:
+        """One notice line: what the run trains with, and what was chosen automatically."""
+        r, size = self.recipe, self.world.size
+        batch = f"batch {r.batch_size}" + (f" ({r.batch_size // size} per process x {size})" if size > 1 else "")
+        stop = f"early stop after {r.early_stop} epochs without improvement" if self.patience else "no early stop"
+        parts = [
+            f"pixdex: recipe: {len(self.prep.train.keys):,} training images -> {batch}, {r.epochs} epochs "
+            f"({self.steps_per_epoch * r.epochs:,} steps), {stop}",
+        ]
+        if self.auto_keys:
+            parts.append(f"auto: {', '.join(self.auto_keys)}")
+        if self.backbone_rule:
+            parts.append(f"backbone auto: {self.backbone_rule}")
+        parts.extend(r.reasons)
+        return "; ".join(parts)
+
+    def _reference_source(self, common: dict[str, Any]) -> Any:
+        """A seeded, capped sample of the training split that validation images are matched
+        against (kNN accuracy), for losses without a classifier."""
+        split = self.prep.train
+        gen = torch.Generator().manual_seed(self.seed + 17)
+        pick = torch.randperm(len(split.keys), generator=gen)[:KNN_REFERENCE].tolist()
+        sample = Split(
+            [split.keys[i] for i in pick], [split.labels[i] for i in pick], [split.positions[i] for i in pick]
+        )
+        return make_source(sample.keys, sample.labels, self.eval_t, images=self.prep.images_of(sample), **common)
 
     def _pk_request(self) -> tuple[int, int] | None:
         request = getattr(self.model.head, "batch_sampler", None)
@@ -305,17 +422,21 @@ class Trainer:
         }
 
     def validate(self) -> dict[str, Any]:
+        """Validation loss and accuracy, summed as counts over processes. Without a
+        classifier, accuracy is the nearest neighbour's label among the reference sample."""
         model, place = self.model, self.place
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=place.device)
         mine = torch.arange(len(self.val_src))[self.world.rank :: self.world.size]  # counts are summed after
+        reference = self._reference_embeddings() if self.reference_src is not None else None
 
         def loss_and_correct(emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            correct = (
-                (model.logits(emb).argmax(1) == y).sum()
-                if model.has_classifier
-                else torch.zeros((), device=sums.device)
-            )
+            if model.has_classifier:
+                correct = (model.logits(emb).argmax(1) == y).sum()
+            elif reference is not None:
+                correct = (knn_labels(emb, *reference, self.metric) == y).sum()
+            else:
+                correct = torch.zeros((), device=sums.device)
             return model.head(emb, y), correct
 
         for _, y, _, (loss, correct) in forward_batches(
@@ -332,7 +453,21 @@ class Trainer:
         loss_sum, correct, n = self.world.sum(sums.tolist())
         if n == 0:
             return {"val_loss": None, "val_accuracy": None}
-        return {"val_loss": loss_sum / n, "val_accuracy": correct / n if model.has_classifier else None}
+        scored = model.has_classifier or reference is not None
+        return {"val_loss": loss_sum / n, "val_accuracy": correct / n if scored else None}
+
+    @property
+    def metric(self) -> str:
+        return getattr(self.model.head, "metric", "cosine")
+
+    def _reference_embeddings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        parts, labels = [], []
+        for emb, y, _, _ in forward_batches(self.model, self.eval_t, self.reference_src, self.place):
+            parts.append(emb.float())
+            labels.append(y)
+        if not parts:
+            return None
+        return torch.cat(parts), torch.cat(labels)
 
     def _bar(self, epoch: int) -> Any:
         if not self.progress or not sys.stderr.isatty():
@@ -349,8 +484,11 @@ class Trainer:
         )
 
     def improved(self, row: dict[str, Any]) -> bool:
-        """Best by validation accuracy, else validation loss, else training loss."""
-        for key, sign in (("val_accuracy", 1.0), ("val_loss", -1.0), ("train_loss", -1.0)):
+        """Best by validation accuracy, else validation loss; without validation images
+        every epoch counts as the best, so the last one is kept."""
+        if row.get("val_accuracy") is None and row.get("val_loss") is None:
+            return True
+        for key, sign in (("val_accuracy", 1.0), ("val_loss", -1.0)):
             if row.get(key) is not None:
                 score = sign * row[key]
                 if self.best is None or score > self.best:
@@ -385,6 +523,17 @@ class Trainer:
             "has_classifier": self.model.has_classifier,
             "epochs_done": len(self.history),
             "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "recipe": {
+                "batch_size": self.recipe.batch_size,
+                "per_process_batch_size": self.train_src.batch_size,
+                "processes": self.world.size,
+                "epochs": int(self.t["epochs"]),
+                "steps_per_epoch": self.steps_per_epoch,
+                "early_stop": self.patience,
+                "auto": list(self.auto_keys),
+                "backbone_rule": self.backbone_rule,
+            },
             "metrics": {"best": best_row, "last": last},
             "placement": self.place.to_dict(),
             "versions": versions(),
@@ -441,6 +590,11 @@ class Trainer:
         if png is not None:
             writer.write_bytes("curves.png", png)
 
+    def mark_best(self) -> None:
+        """history.csv's ``best`` column: 1 on the epoch model.safetensors holds."""
+        for row in self.history:
+            row["best"] = int(row["epoch"] == self.best_epoch)
+
     def summary(self, row: dict[str, Any]) -> str:
         parts = [f"epoch {row['epoch']}/{self.t['epochs']}: train loss {row['train_loss']:.4f}"]
         if row["train_accuracy"] is not None:
@@ -462,28 +616,46 @@ class Trainer:
             saved = read_json(self.run_dir / RUN_MANIFEST, "run manifest")
             self.created = saved.get("created", self.created)
             self.files = dict(saved.get("files") or {})
+            recorded = saved.get("recipe") or {}  # what auto chose when the run started
+            self.auto_keys = list(recorded.get("auto", self.auto_keys))
+            self.backbone_rule = recorded.get("backbone_rule", self.backbone_rule)
         epochs = int(self.t["epochs"])
         if self.start_epoch >= epochs:
             raise UsageError(
                 f"{self.run_dir} already has {self.start_epoch} epochs; pass a larger --epochs to continue"
             )
+        if resume and self.patience > 0 and self.start_epoch - self.best_epoch >= self.patience:
+            raise UsageError(
+                f"{self.run_dir} stopped early after epoch {self.start_epoch} (best epoch {self.best_epoch}); "
+                "to train on, resume with --early-stop 0 or a larger patience"
+            )
         for epoch in range(self.start_epoch, epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.validate()}
-            self.history.append({k: row.get(k) for k in HISTORY_COLUMNS})
             improved = self.improved(row)
             if improved:
                 self.best_epoch = epoch + 1
+            self.history.append({k: row.get(k) for k in HISTORY_COLUMNS})
+            self.mark_best()
             self.notify(self.summary(row))
-            if writer is None:
-                continue
-            if (epoch + 1) % max(1, int(self.t["checkpoint_every"])) == 0 or epoch + 1 == epochs:
-                self.checkpoint(writer, epoch, improved, "complete" if epoch + 1 == epochs else "training")
-            elif improved:  # between checkpoints the best weights are still committed at once
-                writer.write_bytes(
-                    "model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"})
+            stale = epoch + 1 - self.best_epoch
+            last = epoch + 1 == epochs or (self.patience > 0 and stale >= self.patience)
+            if last and epoch + 1 < epochs:
+                self.stopped_early = True
+                self.notify(
+                    f"pixdex: early stop after epoch {epoch + 1}: no improvement for {stale} epochs "
+                    f"(best epoch {self.best_epoch}); --early-stop 0 trains every epoch"
                 )
-                writer.write_bytes("history.csv", _history_csv(self.history))
-                self.commit(writer, "training")
+            if writer is not None:
+                if last or (epoch + 1) % max(1, int(self.t["checkpoint_every"])) == 0:
+                    self.checkpoint(writer, epoch, improved, "complete" if last else "training")
+                elif improved:  # between checkpoints the best weights are still committed at once
+                    writer.write_bytes(
+                        "model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"})
+                    )
+                    writer.write_bytes("history.csv", _history_csv(self.history))
+                    self.commit(writer, "training")
+            if last:
+                break
         return TrainResult(
             self.run_dir,
             len(self.history),
@@ -534,21 +706,23 @@ def train(
 
 
 def resume_config(run_dir: Path, changed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The saved run's configuration; only epochs and [runtime] keys given explicitly on the
-    command line (``changed``) replace the saved values."""
+    """The saved run's configuration; only epochs, early stopping and [runtime] keys given
+    explicitly on the command line (``changed``) replace the saved values (none of them
+    changes what an epoch computes)."""
     saved = read_json(run_dir / RUN_MANIFEST, "run manifest")["config"]
     for section, values in changed.items():
         for key, value in values.items():
-            if section == "runtime" or (section == "train" and key == "epochs"):
+            if section == "runtime" or (section == "train" and key in RESUMABLE_TRAIN_KEYS):
                 continue
             if saved.get(section, {}).get(key) == value:
                 continue  # repeating the saved value is fine
             raise UsageError(
                 f"--resume continues {run_dir} with its saved configuration; {section}.{key} cannot change "
-                f"(only --epochs and runtime keys can)"
+                f"(only --epochs, --early-stop and runtime keys can)"
             )
     merged = {s: dict(v) for s, v in saved.items()}
     merged["runtime"].update(changed.get("runtime", {}))
-    if "epochs" in changed.get("train", {}):
-        merged["train"]["epochs"] = changed["train"]["epochs"]
+    for key in RESUMABLE_TRAIN_KEYS:
+        if key in changed.get("train", {}):
+            merged["train"][key] = changed["train"][key]
     return merged

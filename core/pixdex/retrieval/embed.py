@@ -21,7 +21,7 @@ from pixdex.contracts import Dataset, Item
 from pixdex.data.sources import make_source
 from pixdex.device import Placement
 from pixdex.errors import PixdexError
-from pixdex.pipeline.inference import forward_batches, place_model
+from pixdex.pipeline.inference import forward_batches, inference_runtime, place_model
 from pixdex.pipeline.runs import LoadedRun
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
@@ -103,6 +103,7 @@ def embed_keys(
 ) -> Embedded:
     """Embed ``keys`` in order; every readable image exactly once."""
     model = place_model(run.pipeline, place)
+    runtime = inference_runtime(runtime, model, run.transform, place)
     source = make_source(
         keys, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels, opener=opener
     )
