@@ -84,3 +84,16 @@ def test_ddp_index_build_equals_one_process(runs: dict[int, Path], data: Path, t
     ]
     assert items[0] == items[1]
     assert not any(p.name.startswith(".two.shards") for p in tmp_path.iterdir())  # staging cleaned up
+
+
+def test_auto_batch_is_global_under_ddp(data: Path, tmp_path: Path):
+    from pixdex.recognition.recipe import plan
+
+    fixed = {"--batch-size": "8", "--epochs": "6"}  # the flags the automatic recipe would otherwise size
+    auto = [a for i, a in enumerate(TINY) if a not in fixed and (i == 0 or TINY[i - 1] not in fixed)]
+    run("train", str(data), "-o", str(tmp_path / "run"), *auto, "--epochs", "1", nproc=2)
+    manifest = json.loads((tmp_path / "run" / "pixdex.json").read_text())
+    recipe = manifest["recipe"]
+    expected = plan(manifest["data"]["train_count"]).batch_size
+    assert recipe["processes"] == 2 and recipe["batch_size"] == expected
+    assert recipe["per_process_batch_size"] == expected // 2 == manifest["config"]["runtime"]["batch_size"]
