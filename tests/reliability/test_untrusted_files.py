@@ -105,65 +105,24 @@ def test_wrong_architecture_lists_the_keys(data: Path, tmp_path: Path):
     assert "does not fit" in result.stderr and ("missing" in result.stderr or "shape mismatch" in result.stderr)
     # a run folder whose weights were swapped for another architecture's
     run = tmp_path / "run"
-    assert (
-        invoke(
-            "-q",
-            "train",
-            str(data),
-            "-o",
-            str(run),
-            "--epochs",
-            "1",
-            *RT,
-            "--backbone",
-            "simple-cnn",
-            "--set",
-            "backbone.widths=[4]",
-        ).exit_code
-        == 0
-    )
+    train_tiny(data, run, width=4)
     other_run = tmp_path / "run2"
-    assert (
-        invoke(
-            "-q",
-            "train",
-            str(data),
-            "-o",
-            str(other_run),
-            "--epochs",
-            "1",
-            *RT,
-            "--backbone",
-            "simple-cnn",
-            "--set",
-            "backbone.widths=[8]",
-        ).exit_code
-        == 0
-    )
+    train_tiny(data, other_run, width=8)
     shutil.copy(other_run / "model.safetensors", run / "model.safetensors")
     refused = invoke("predict", str(run), str(next((data / "top").iterdir())), *RT)
     assert refused.exit_code == 1 and "shape mismatch" in refused.stderr and "backbone." in refused.stderr
 
 
+def train_tiny(data: Path, run: Path, *, width: int) -> None:
+    """One epoch of a one-stage simple-cnn of ``width`` channels into ``run``."""
+    args = ["-q", "train", str(data), "-o", str(run), "--epochs", "1", *RT, "--backbone", "simple-cnn"]
+    result = invoke(*args, "--set", f"backbone.widths=[{width}]")
+    assert result.exit_code == 0, result.stderr
+
+
 def test_pixdex_writes_no_pickle(data: Path, tmp_path: Path):
     run, index = tmp_path / "run", tmp_path / "index"
-    assert (
-        invoke(
-            "-q",
-            "train",
-            str(data),
-            "-o",
-            str(run),
-            "--epochs",
-            "1",
-            *RT,
-            "--backbone",
-            "simple-cnn",
-            "--set",
-            "backbone.widths=[4]",
-        ).exit_code
-        == 0
-    )
+    train_tiny(data, run, width=4)
     assert invoke("-q", "index", "build", str(run), str(data), "-o", str(index), *RT).exit_code == 0
     for path in list(run.rglob("*")) + list(index.rglob("*")):
         if path.is_file() and path.stat().st_size:
