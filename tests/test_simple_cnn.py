@@ -54,6 +54,15 @@ def test_auto_keeps_a_non_square_native_size_and_caps_large_ones(pset: Any) -> N
     assert model.data_config["input_size"] == [3, 224, 224]
 
 
+@pytest.mark.parametrize(("short_side", "side"), [(32, 32), (48, 48), (9, 16), (700, 224), (None, 224)])
+def test_auto_trains_mixed_sizes_at_their_median_short_side(pset: Any, short_side: int | None, side: int) -> None:
+    # icons of 16-256 px: their typical size, not 224 (about 50x the work for a 32 px icon)
+    data = DataInfo(3, None, 4, (0.5,) * 3, (0.5,) * 3, short_side=short_side)
+    model = build(pset, SMALL, data)
+    assert model.data_config["input_size"] == [3, side, side]
+    assert model(torch.randn(2, 3, side, side)).shape == (2, 16)
+
+
 def test_explicit_sizes_and_channels_override_auto(pset: Any) -> None:
     model = build(pset, {**SMALL, "input_size": 32, "in_chans": 3}, MNIST)
     assert model.data_config["input_size"] == [3, 32, 32]

@@ -28,6 +28,7 @@ DEFAULT_SIZE = 224
 # "auto" adopts the data's own size only up to this: the flattening fc grows with H x W,
 # and at a photo's native 1024x768 it would hold billions of weights
 MAX_AUTO_SIZE = 224
+MIN_AUTO_SIZE = 16  # mixed sizes train at their median short side, but not below this
 
 
 @dataclass
@@ -35,7 +36,9 @@ class SimpleCNNOptions:
     """Options of the ``simple-cnn`` backbone.
 
     ``input_size``: side of the square input, or "auto": the images' common size when they
-    all share one that fits in 224x224 (MNIST stays 28x28), else 224. ``in_chans``: 1 or 3,
+    all share one that fits in 224x224 (MNIST stays 28x28); for images of mixed sizes, a
+    square of their median short side (16 to 224 px: a folder of 16-256 px icons trains at
+    its typical size, not at 224, which would be ~50x the work); else 224. ``in_chans``: 1 or 3,
     or "auto" (the data's). ``widths``: output channels of each stage; a stage is
     ``convs_per_stage`` x (conv ``kernel_size`` [+ batch norm] + ReLU) then a 2x2 max pool.
     ``dropout`` applies before the fc; ``embed_dim`` is the width of the fc, i.e. the
@@ -62,6 +65,9 @@ def resolve_input_size(value: int | str, data: DataInfo) -> tuple[int, int]:
         native = data.native_size
         if native is not None and max(native) <= MAX_AUTO_SIZE:
             return int(native[0]), int(native[1])
+        if native is None and data.short_side is not None:
+            side = min(max(int(data.short_side), MIN_AUTO_SIZE), MAX_AUTO_SIZE)
+            return side, side
         return DEFAULT_SIZE, DEFAULT_SIZE
     if isinstance(value, str):
         raise ConfigError(f"backbone 'simple-cnn' option 'input_size' must be an integer or \"auto\", got {value!r}")

@@ -225,7 +225,10 @@ class Trainer:
         if cfg["backbone"]["name"] != AUTO_BACKBONE:
             return None
         choice = choose_backbone(
-            self.info.in_chans, self.info.short_side, pretrained_installed=recipes.pretrained_available()
+            self.info.in_chans,
+            self.info.short_side,
+            pretrained_installed=recipes.pretrained_available(),
+            mixed_sizes=self.info.native_size is None,
         )
         cfg.sections["backbone"] = validate_component("backbone", choice.backbone, self.pset.registry)
         preset = self.pset.registry_file.presets.get(choice.transform_preset or "", {})
