@@ -36,18 +36,18 @@ def test_auto_batch_and_epochs_for_many_sizes(n: int):
         assert batch >= 16
     steps = steps_per_epoch(n, batch)
     epochs = auto_epochs(n, batch, pretrained=False)
-    assert 10 <= epochs <= 40
+    assert 10 <= epochs <= 20
     if 640 <= n <= 10240:  # the range where the batch can aim at ~40 steps an epoch
         assert 20 <= steps <= 80
-    if epochs < 40:  # not capped: the step target is met
-        assert epochs * steps >= 1600 or epochs == 10
+    if epochs < 20:  # not capped: the step target is met
+        assert epochs * steps >= 800 or epochs == 10
     fine = auto_epochs(n, batch, pretrained=True)
     assert 5 <= fine <= 15 and fine <= epochs
 
 
 def test_sizing_figures_of_the_issue():
     assert auto_batch_size(1278) == 32 and steps_per_epoch(1278, 32) == 40  # 39 full + 30 kept
-    assert auto_epochs(1278, 32, pretrained=False) == 40
+    assert auto_epochs(1278, 32, pretrained=False) == 20
     assert auto_batch_size(54000) == 256 and auto_epochs(54000, 256, pretrained=False) == 10
     assert auto_batch_size(300) == 16
     assert auto_batch_size(5) == 8  # never far above the collection
@@ -74,7 +74,7 @@ def test_only_a_tiny_last_batch_is_dropped(n: int, batch: int, dropped: bool):
 def test_plan_keeps_explicit_values_and_early_stops_only_with_auto_epochs():
     assert plan(1278, batch_size=100, epochs=3, early_stop="auto") == recipe.Recipe(100, 3, 13, 0)
     auto = plan(1278)
-    assert auto.early_stop == max(3, auto.epochs // 4)
+    assert auto.early_stop == max(4, auto.epochs // 3)
     assert plan(1278, early_stop=2).early_stop == 2
     assert plan(1278, epochs=7, early_stop=2).early_stop == 2
 
