@@ -403,7 +403,13 @@ def test_the_validator_rejects_wrong_documents():
         assert validate(wrong, schema), f"accepted {wrong}"
     assert subset_problems({"type": "object", "pattern": "x"}) and subset_problems({"type": "float"})
 
-    predict_row = {"path": "a.png", "label": "top", "probability": 0.9, "top": [{"label": "top", "probability": 0.9}]}
+    predict_row = {
+        "path": "a.png",
+        "label": "top",
+        "probability": 0.9,
+        "top": [{"label": "top", "probability": 0.9}],
+        "tta": "none",
+    }
     assert validate([predict_row], SCHEMAS["predict"]) == []
     assert validate([{**predict_row, "probability": 1.5}], SCHEMAS["predict"])
     assert validate([{k: v for k, v in predict_row.items() if k != "label"}], SCHEMAS["predict"])

@@ -97,3 +97,22 @@ def test_auto_batch_is_global_under_ddp(data: Path, tmp_path: Path):
     expected = plan(manifest["data"]["train_count"]).batch_size
     assert recipe["processes"] == 2 and recipe["batch_size"] == expected
     assert recipe["per_process_batch_size"] == expected // 2 == manifest["config"]["runtime"]["batch_size"]
+
+
+def test_ema_under_ddp(data: Path, tmp_path: Path):
+    # every process averages its own, identical parameters (DDP keeps them equal), so rank 0's
+    # average, which is saved, is the average of the run; one update per optimiser step
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    fixed = TINY.index("--epochs")
+    args = TINY[:fixed] + TINY[fixed + 2 :] + ["--epochs", "2", "--set", "train.ema_decay=0.9"]
+    run("train", str(data), "-o", str(out), *args, nproc=2)
+    manifest = json.loads((out / "pixdex.json").read_text())
+    last = json.loads((out / "last.json").read_text())
+    assert last["ema_updates"] == 2 * manifest["recipe"]["steps_per_epoch"]
+    tensors = load_file(out / "last.safetensors")
+    weights = [k for k in tensors if k.startswith("ema.") and k.endswith("weight")]
+    assert weights and any(not (tensors[k] == tensors["model." + k[4:]]).all() for k in weights)
+    assert manifest["best_weights"] in ("live", "ema")
+    assert manifest["metrics"]["last"]["ema_val_accuracy"] is not None

@@ -91,7 +91,11 @@ def test_predict_every_format(tiny_run: Path, cli_run, tiny_data: Path, tmp_path
     folder = tiny_data / "test" / "top"
     rows = json.loads(cli_run("-q", "predict", str(tiny_run), str(folder), "--json", "-k", "2").stdout)
     assert len(rows) == 6
-    assert set(rows[0]) == {"path", "label", "probability", "top"} and len(rows[0]["top"]) == 2
+    assert (
+        set(rows[0]) == {"path", "label", "probability", "top", "tta"}
+        and len(rows[0]["top"]) == 2
+        and rows[0]["tta"] == "none"
+    )
     assert sum(r["label"] == "top" for r in rows) >= 5
     assert 0.0 <= rows[0]["probability"] <= 1.0
     jsonl = cli_run("-q", "predict", str(tiny_run), str(folder), "--format", "jsonl").stdout.splitlines()

@@ -55,7 +55,9 @@ def register_losses(register: Register) -> None:
 
     The module maps ``(embeddings, labels) -> scalar loss``, declares ``.metric`` (the
     search metric its embeddings expect: "cosine", "l2" or "ip"), and may offer
-    ``.logits(embeddings)`` (a classifier) and ``.batch_sampler = ("pk", P, K)``.
+    ``.logits(embeddings)`` (a classifier), ``.batch_sampler = ("pk", P, K)`` and
+    ``.soft_targets = True`` (``labels`` may also be float[B, num_classes] class
+    probabilities: mixup and CutMix need it, and refuse losses without it).
     """
 
 

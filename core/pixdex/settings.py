@@ -47,6 +47,13 @@ class TrainSettings:
     freeze_backbone: bool = False
     unfreeze_after: int = 0  # epochs of frozen backbone before unfreezing (0: never frozen by this)
     checkpoint_every: int = 1  # epochs between last.safetensors checkpoints
+    # EMA of the weights (recognition/ema.py); 0 = off. Validated each epoch beside the live
+    # weights; model.safetensors keeps whichever is better
+    ema_decay: float = 0.0
+    mixup_alpha: float = 0.0  # Beta(a, a) mixup of image pairs and their labels; 0 = off (recognition/mixing.py)
+    cutmix_alpha: float = 0.0  # Beta(a, a) CutMix; 0 = off
+    mix_prob: float = 1.0  # chance that a batch is mixed, when mixup or cutmix is on
+    mix_switch_prob: float = 0.5  # with both on: the chance of CutMix rather than mixup
 
 
 @dataclass

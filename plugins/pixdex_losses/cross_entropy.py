@@ -15,6 +15,7 @@ class CrossEntropy(nn.Module):
     """
 
     metric = "cosine"
+    soft_targets = True  # forward also takes float[B, C] class probabilities (mixup, cutmix)
 
     def __init__(self, embed_dim: int, num_classes: int, *, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -26,7 +27,8 @@ class CrossEntropy(nn.Module):
         return self.fc(embeddings)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the batch; ``labels`` are int64 class indices [B]."""
+        """Mean cross-entropy over the batch; ``labels`` are int64 class indices [B], or
+        float[B, C] class probabilities (soft targets)."""
         return F.cross_entropy(self.fc(embeddings), labels, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:

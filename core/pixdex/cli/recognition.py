@@ -18,6 +18,7 @@ from pixdex.cli.options import (
     runtime_options,
 )
 from pixdex.cli.output import emit, format_options, resolve_format, write_skips
+from pixdex.errors import UsageError
 
 
 @click.command("train")
@@ -44,7 +45,7 @@ from pixdex.cli.output import emit, format_options, resolve_format, write_skips
     type=click.IntRange(min=0),
     default=None,
     help="Stop when validation has not improved for N epochs; 0 trains every epoch "
-    "[default: on with automatic epochs, patience max(3, epochs/4)].",
+    "[default: on with automatic epochs, patience max(4, epochs/3)].",
 )
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
 @click.option(
@@ -189,6 +190,13 @@ def train_cmd(
     default=None,
     help="Also draw the confusion matrix to this PNG (needs pixdex[plots]).",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: 'flip' averages each image with its mirror image (twice the work).",
+)
 @runtime_options
 @format_options
 @pass_app
@@ -199,6 +207,7 @@ def evaluate_cmd(
     split: str | None,
     labels: str,
     confusion_png: str | None,
+    tta: str,
     sets: tuple[str, ...],
     skipped_file: str | None,
     strict_images: bool,
@@ -220,6 +229,7 @@ def evaluate_cmd(
         labels=labels,
         max_pixels=runtime["max_pixels"],
         notify=app.note,
+        tta=tta,
     )
     write_skips(app, report.pop("_skipped_entries"), skipped_file, strict_images)
     if confusion_png:
@@ -257,6 +267,13 @@ def evaluate_cmd(
     show_default=True,
     help="With an index folder: how many nearest labelled images vote.",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: 'flip' averages each image with its mirror image (twice the work; run folders only).",
+)
 @runtime_options
 @format_options
 @pass_app
@@ -266,6 +283,7 @@ def predict_cmd(
     images: tuple[str, ...],
     k: int,
     neighbours: int,
+    tta: str,
     sets: tuple[str, ...],
     skipped_file: str | None,
     strict_images: bool,
@@ -285,6 +303,9 @@ def predict_cmd(
     if (Path(model) / "manifest.json").exists():
         from pixdex.retrieval.search import predict_by_neighbours
 
+        if tta != "none":
+            raise UsageError(f"--tta applies to a run folder's classifier; {model} is an index folder")
+
         rows, skipped = predict_by_neighbours(
             model,
             list(images),
@@ -299,7 +320,14 @@ def predict_cmd(
         from pixdex.recognition.classify import predict
 
         rows, skipped = predict(
-            model, list(images), app.plugins, runtime, k=k, max_pixels=runtime["max_pixels"], notify=app.note
+            model,
+            list(images),
+            app.plugins,
+            runtime,
+            k=k,
+            max_pixels=runtime["max_pixels"],
+            notify=app.note,
+            tta=tta,
         )
     write_skips(app, skipped, skipped_file, strict_images)
     emit(

@@ -47,6 +47,18 @@ def inference_runtime(
 
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
+TTA_MODES = ("none", "flip")
+
+
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """``model(images)``, or with ``tta="flip"`` the mean of the embeddings of the images and
+    of their mirror images (so an image and its mirror get the same embedding, and logits
+    computed from it)."""
+    if tta == "none":
+        return model(images)
+    if tta == "flip":
+        return (model(images) + model(images.flip(-1))) / 2
+    raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
 
 
 @torch.no_grad()
@@ -58,18 +70,20 @@ def forward_batches(
     *,
     order: torch.Tensor | None = None,
     also: BatchFn | None = None,
+    tta: str = "none",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
     """``(embeddings, labels, item indices, also(embeddings, labels))`` for every batch.
 
     ``model`` must already be placed (:func:`place_model`) and in eval mode. ``also`` runs
     inside the same autocast region as the forward pass (logits, a loss), so its numbers
-    are those of one forward pass, not of a second one in another precision.
+    are those of one forward pass, not of a second one in another precision. ``tta``: see
+    :func:`embed_batch`.
     """
     for x, y, idx in source.batches(0, shuffle=False, order=order):
         if place.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(place):
-            emb = model(transform.batch(x))
+            emb = embed_batch(model, transform.batch(x), tta)
             extra = also(emb, y) if also is not None else None
         yield emb, y, idx, extra
 
@@ -91,15 +105,17 @@ def run_inference(
     place: Placement,
     *,
     want_logits: bool = True,
+    tta: str = "none",
 ) -> Outputs:
-    """Embeddings (and logits when the pipeline classifies) for every readable item."""
+    """Embeddings (and logits when the pipeline classifies) for every readable item;
+    ``tta="flip"`` averages each image's embedding with its mirror image's."""
     model = place_model(pipeline, place)
 
     def logits(emb: torch.Tensor, _: torch.Tensor) -> torch.Tensor | None:
         return model.logits(emb) if want_logits and model.has_classifier else None
 
     idx_parts, emb_parts, logit_parts = [], [], []
-    for emb, _, idx, batch_logits in forward_batches(model, transform, source, place, also=logits):
+    for emb, _, idx, batch_logits in forward_batches(model, transform, source, place, also=logits, tta=tta):
         idx_parts.append(idx.numpy())
         emb_parts.append(emb.float().cpu().numpy())
         if batch_logits is not None:

@@ -11,11 +11,24 @@ import torch
 from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
 from pixdex.data.sources import make_source
 from pixdex.device import placement
-from pixdex.errors import PixdexError
-from pixdex.pipeline.inference import inference_runtime, run_inference
+from pixdex.errors import PixdexError, UsageError
+from pixdex.pipeline.inference import TTA_MODES, inference_runtime, run_inference
 from pixdex.pipeline.runs import LoadedRun, load_run
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
+
+
+def check_tta(run: LoadedRun, tta: str, notify: Callable[[str], None] | None) -> None:
+    """Refuse an unknown mode; warn when flips are averaged for a run that never saw a flip
+    in training (orientation may be the class there: arrows, digits, left and right)."""
+    if tta not in TTA_MODES:
+        raise UsageError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_MODES)}")
+    flip = (run.manifest["config"].get("transform") or {}).get("flip")
+    if tta == "flip" and not flip and notify is not None:
+        notify(
+            f"pixdex: warning: {run.path} was trained without flips (transform.flip = {flip}); "
+            "--tta flip averages mirror images and can cost accuracy where orientation matters"
+        )
 
 
 def require_classifier(run: LoadedRun, command: str) -> None:
@@ -38,15 +51,18 @@ def evaluate(
     labels: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     notify: Callable[[str], None] | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix on
-    DATA's test split (or all of DATA, or ``split``). Labels are matched by class name."""
+    DATA's test split (or all of DATA, or ``split``). Labels are matched by class name.
+    ``tta="flip"`` averages each image with its mirror image (recorded as ``tta``)."""
     from pixdex.data.datasets import evaluation_split, map_labels
     from pixdex.data.prepare import open_labelled
     from pixdex.recognition.metrics import classification_report
 
     run = load_run(run_dir, pset)
     require_classifier(run, "evaluate")
+    check_tta(run, tta, notify)
     place = placement(runtime["device"], runtime["precision"], notify=notify)
     ds = open_labelled(data_spec, pset, labels)
     split_name = evaluation_split(ds, split)
@@ -66,7 +82,7 @@ def evaluate(
         opener=getattr(ds, "image", None),
         images=images,
     )
-    out = run_inference(run.pipeline, run.transform, source, place)
+    out = run_inference(run.pipeline, run.transform, source, place, tta=tta)
     skipped = list(ds.skipped) + out.skipped
     if len(out.indices) == 0:
         raise nothing_read(f"no image of {data_spec} ({split_name})", skipped)
@@ -74,7 +90,7 @@ def evaluate(
     k = min(5, out.logits.shape[1])
     topk = np.argsort(-out.logits, axis=1, kind="stable")[:, :k]
     report = classification_report(topk, np.asarray(targets)[out.indices], run.classes)
-    report.update({"split": split_name, "data": data_spec, "run": str(run.path), "skipped": len(skipped)})
+    report.update({"split": split_name, "data": data_spec, "run": str(run.path), "skipped": len(skipped), "tta": tta})
     report["_skipped_entries"] = skipped
     return report
 
@@ -88,10 +104,13 @@ def predict(
     k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     notify: Callable[[str], None] | None = None,
+    tta: str = "none",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Top-``k`` labels with probabilities for each image (files or folders)."""
+    """Top-``k`` labels with probabilities for each image (files or folders); ``tta`` as
+    for :func:`evaluate`, recorded in each row."""
     run = load_run(run_dir, pset)
     require_classifier(run, "predict")
+    check_tta(run, tta, notify)
     paths, skipped = expand_inputs(inputs)
     if is_single_image(inputs, paths):
         check_single_image(paths[0], max_pixels)
@@ -100,7 +119,7 @@ def predict(
     place = placement(runtime["device"], runtime["precision"], notify=notify)
     runtime = inference_runtime(runtime, run.pipeline, run.transform, place)
     source = make_source(paths, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels)
-    out = run_inference(run.pipeline, run.transform, source, place)
+    out = run_inference(run.pipeline, run.transform, source, place, tta=tta)
     skipped += out.skipped
     if len(out.indices) == 0:
         raise nothing_read(f"none of the {len(paths)} image(s)", skipped)
@@ -111,5 +130,7 @@ def predict(
     for pos, p in zip(out.indices, probs):
         order = np.argsort(-p, kind="stable")[:k]
         top = [{"label": run.classes[i], "probability": float(p[i])} for i in order]
-        rows.append({"path": paths[pos], "label": top[0]["label"], "probability": top[0]["probability"], "top": top})
+        rows.append(
+            {"path": paths[pos], "label": top[0]["label"], "probability": top[0]["probability"], "top": top, "tta": tta}
+        )
     return rows, skipped

@@ -24,7 +24,7 @@ from pixdex.config import AUTO_BACKBONE, Config, validate_component
 from pixdex.data.prepare import Split, measure, prepare_training
 from pixdex.data.sources import make_source
 from pixdex.device import placement
-from pixdex.errors import PixdexError, UsageError
+from pixdex.errors import ConfigError, PixdexError, UsageError
 from pixdex.pipeline.inference import autocast, forward_batches
 from pixdex.pipeline.runs import (
     RUN_FORMAT,
@@ -39,6 +39,8 @@ from pixdex.pipeline.runs import (
 from pixdex.plugins import PluginSet
 from pixdex.recognition import recipe as recipes
 from pixdex.recognition.checkpoint import optimizer_from_flat, optimizer_to_flat, rng_state, set_rng_state
+from pixdex.recognition.ema import WeightAverage
+from pixdex.recognition.mixing import BatchMixer, MixSettings
 from pixdex.recognition.recipe import Recipe, choose_backbone, drops_last, plan
 from pixdex.recognition.schedule import lr_factor, make_optimizer, set_lr
 from pixdex.world import World
@@ -53,6 +55,8 @@ HISTORY_COLUMNS = [
     "seconds",
     "images_per_second",
     "best",  # 1 on the epoch whose weights model.safetensors holds, else 0
+    "ema_val_loss",  # validation of the weight average (train.ema_decay > 0), else empty
+    "ema_val_accuracy",
 ]
 RESUMABLE_TRAIN_KEYS = ("epochs", "early_stop")  # --resume may change these [train] keys
 KNN_REFERENCE = 2000  # training images validation is matched against when the loss has no classifier
@@ -195,6 +199,9 @@ class Trainer:
         )
         self.reference_src = self._reference_source(common) if not self.model.has_classifier else None
         self.optimizer = make_optimizer(self.model, self.t)
+        self.mixer = self._mixer()
+        self.ema = self._weight_average()
+        self.best_weights = "live"  # which weights model.safetensors holds: "live" or "ema"
         if self.pk is not None:  # the loss asks for P classes x K images per batch
             self.train_src.batch_size = self.pk[0] * self.pk[1]
         n_train = len(self.train_src)
@@ -301,6 +308,40 @@ class Trainer:
         )
         return make_source(sample.keys, sample.labels, self.eval_t, images=self.prep.images_of(sample), **common)
 
+    def _mixer(self) -> BatchMixer | None:
+        t = self.t
+        settings = MixSettings(t["mixup_alpha"], t["cutmix_alpha"], t["mix_prob"], t["mix_switch_prob"])
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if t[key] < 0:
+                raise ConfigError(f"train.{key} must be >= 0 (0 turns it off), got {t[key]}")
+        for key in ("mix_prob", "mix_switch_prob"):
+            if not 0.0 <= t[key] <= 1.0:
+                raise ConfigError(f"train.{key} must be between 0 and 1, got {t[key]}")
+        if not settings.enabled:
+            return None
+        loss = self.config["loss"]["name"]
+        if not getattr(self.model.head, "soft_targets", False):
+            raise ConfigError(
+                f"mixup/cutmix blend labels, and loss '{loss}' takes only hard labels; "
+                "use --loss cross-entropy, or set train.mixup_alpha = 0 and train.cutmix_alpha = 0"
+            )
+        return BatchMixer(settings, len(self.prep.classes))
+
+    def _weight_average(self) -> WeightAverage | None:
+        decay = float(self.t["ema_decay"])
+        if decay == 0:
+            return None
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be 0 (off) or between 0 and 1, such as 0.999; got {decay}")
+        return WeightAverage(self.model, decay)
+
+    def best_state(self) -> dict[str, torch.Tensor]:
+        """The weights model.safetensors gets: the live ones or the average, whichever
+        validated better (:meth:`improved`)."""
+        if self.best_weights == "ema" and self.ema is not None:
+            return dict(self.ema.state)
+        return dict(self.model.state_dict())
+
     def _pk_request(self) -> tuple[int, int] | None:
         request = getattr(self.model.head, "batch_sampler", None)
         if request is None:
@@ -346,8 +387,13 @@ class Trainer:
         self.model.load_state_dict(model_state)
         optimizer_from_flat(self.optimizer, {k: v.to(self.place.device) for k, v in tensors.items()}, last["optimizer"])
         set_rng_state(last["rng"], tensors)
+        if self.ema is not None:
+            self.ema.load(
+                {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}, last["ema_updates"]
+            )
         self.start_epoch, self.step = last["epoch"], last["step"]
         self.best, self.best_epoch = last["best"], last["best_epoch"]
+        self.best_weights = last.get("best_weights", "live")
         self.history = read_history(self.run_dir / "history.csv")[: self.start_epoch]
         self.notify(f"pixdex: resuming {self.run_dir} after epoch {self.start_epoch}")
 
@@ -380,20 +426,26 @@ class Trainer:
             )
             if place.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            inputs = self.train_t.batch(x)
+            inputs, targets, counted = self.train_t.batch(x), y, y
+            if self.mixer is not None:  # soft targets; accuracy counts the larger share's label
+                inputs, targets, counted = self.mixer.mix(inputs, y)
             with autocast(place):
                 if ddp is not None:
-                    emb, loss = ddp(inputs, y)
+                    emb, loss = ddp(inputs, targets)
                 else:
                     emb = model(inputs)
-                    loss = model.head(emb, y)
+                    loss = model.head(emb, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(model)
             self.step += 1
             with torch.no_grad():
                 n = y.shape[0]
-                correct = (model.logits(emb.detach()).argmax(1) == y).sum() if model.has_classifier else torch.zeros(())
+                correct = (
+                    (model.logits(emb.detach()).argmax(1) == counted).sum() if model.has_classifier else torch.zeros(())
+                )
                 sums += torch.stack(
                     [
                         loss.detach().double() * n,
@@ -486,18 +538,32 @@ class Trainer:
             dynamic_ncols=True,
         )
 
+    def validate_average(self, row: dict[str, Any]) -> None:
+        """Validate the weight average too (``ema_val_*`` columns), with the live weights put back after."""
+        if self.ema is None:
+            return
+        with self.ema.swapped_into(self.model):
+            scores = self.validate()
+        row["ema_val_loss"], row["ema_val_accuracy"] = scores["val_loss"], scores["val_accuracy"]
+
     def improved(self, row: dict[str, Any]) -> bool:
-        """Best by validation accuracy, else validation loss; without validation images
-        every epoch counts as the best, so the last one is kept."""
-        if row.get("val_accuracy") is None and row.get("val_loss") is None:
+        """Best by validation accuracy, else validation loss, of the live weights or their
+        average (which one is kept in :attr:`best_weights`); without validation images
+        every epoch counts as the best, so the last one is kept (the average, when on)."""
+
+        def score(prefix: str) -> float | None:
+            accuracy, loss = row.get(f"{prefix}val_accuracy"), row.get(f"{prefix}val_loss")
+            return accuracy if accuracy is not None else (None if loss is None else -loss)
+
+        candidates = [(score(""), "live")] + ([(score("ema_"), "ema")] if self.ema is not None else [])
+        scored = [(s, which) for s, which in candidates if s is not None]
+        if not scored:
+            self.best_weights = candidates[-1][1]
             return True
-        for key, sign in (("val_accuracy", 1.0), ("val_loss", -1.0)):
-            if row.get(key) is not None:
-                score = sign * row[key]
-                if self.best is None or score > self.best:
-                    self.best = score
-                    return True
-                return False
+        best, which = max(scored)  # a tie keeps the live weights ("live" > "ema")
+        if self.best is None or best > self.best:
+            self.best, self.best_weights = best, which
+            return True
         return False
 
     # --- the run folder --------------------------------------------------------------------
@@ -526,6 +592,7 @@ class Trainer:
             "has_classifier": self.model.has_classifier,
             "epochs_done": len(self.history),
             "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
             "stopped_early": self.stopped_early,
             "recipe": {
                 "batch_size": self.recipe.batch_size,
@@ -555,6 +622,8 @@ class Trainer:
         opt_tensors, opt_meta = optimizer_to_flat(self.optimizer)
         rng_json, rng_tensors = rng_state()
         tensors = {f"model.{k}": v for k, v in model_state.items()} | opt_tensors | rng_tensors
+        if self.ema is not None:
+            tensors |= {f"ema.{k}": v for k, v in self.ema.state.items()}
         writer.write_bytes("last.safetensors", tensors_to_bytes(tensors, {"format": "pixdex-checkpoint"}))
         writer.write_json(
             "last.json",
@@ -563,13 +632,15 @@ class Trainer:
                 "step": self.step,
                 "best": self.best,
                 "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights,
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
                 "optimizer": opt_meta,
                 "rng": rng_json,
                 "seed": self.seed,
             },
         )
         if improved:
-            writer.write_bytes("model.safetensors", tensors_to_bytes(model_state, {"format": "pixdex-model"}))
+            writer.write_bytes("model.safetensors", tensors_to_bytes(self.best_state(), {"format": "pixdex-model"}))
         writer.write_bytes("history.csv", _history_csv(self.history))
         writer.write_bytes("skipped.jsonl", jsonl_bytes(self.skipped()))
         if status == "complete":
@@ -606,6 +677,8 @@ class Trainer:
             parts.append(f"| val loss {row['val_loss']:.4f}")
         if row["val_accuracy"] is not None:
             parts.append(f"acc {row['val_accuracy']:.4f}")
+        if row.get("ema_val_accuracy") is not None:
+            parts.append(f"| ema val acc {row['ema_val_accuracy']:.4f}")
         parts.append(f"| {row['images_per_second']:.0f} img/s, {row['seconds']:.1f}s")
         return " ".join(parts)
 
@@ -634,6 +707,7 @@ class Trainer:
             )
         for epoch in range(self.start_epoch, epochs):
             row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.validate()}
+            self.validate_average(row)
             improved = self.improved(row)
             if improved:
                 self.best_epoch = epoch + 1
@@ -653,7 +727,7 @@ class Trainer:
                     self.checkpoint(writer, epoch, improved, "complete" if last else "training")
                 elif improved:  # between checkpoints the best weights are still committed at once
                     writer.write_bytes(
-                        "model.safetensors", tensors_to_bytes(self.model.state_dict(), {"format": "pixdex-model"})
+                        "model.safetensors", tensors_to_bytes(self.best_state(), {"format": "pixdex-model"})
                     )
                     writer.write_bytes("history.csv", _history_csv(self.history))
                     self.commit(writer, "training")

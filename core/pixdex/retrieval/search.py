@@ -144,6 +144,12 @@ def predict_by_neighbours(
             )
             continue
         out.append(
-            {"path": row["query"], "label": ranked[0]["label"], "probability": ranked[0]["probability"], "top": ranked}
+            {
+                "path": row["query"],
+                "label": ranked[0]["label"],
+                "probability": ranked[0]["probability"],
+                "top": ranked,
+                "tta": "none",  # the same rows as a run folder's; --tta is for classifiers
+            }
         )
     return out, skipped
