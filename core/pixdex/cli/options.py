@@ -117,9 +117,9 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
-def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The [runtime] flags, --set runtime.KEY=VALUE, --max-pixels and the skip report, for
-    commands on a saved run or index (their model settings are fixed)."""
+def inference_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The [runtime] flags, --set runtime.KEY=VALUE and --max-pixels, for commands on a
+    saved run or index (their model settings are fixed)."""
     return _apply(
         [
             *_runtime_flags(),
@@ -131,10 +131,14 @@ def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 help="Override a [runtime] key (the run's model settings are fixed).",
             ),
             max_pixels_option,
-            skip_report_options,
         ],
         func,
     )
+
+
+def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`inference_options` and the skip report, for commands that read many images."""
+    return inference_options(skip_report_options(func))
 
 
 def component_options(*sections: str) -> Decorator:

@@ -137,3 +137,15 @@ def write_skips(app: App, skipped: list[dict[str, Any]], target: str | None, str
             app.note(f"  ... and {len(skipped) - 20} more")
         if strict:
             raise PixdexError(f"{len(skipped)} image(s) skipped and --strict-images is set")
+
+
+MATCH_COLUMNS = ["query", "rank", "score", "label", "path", "id"]
+
+
+def emit_matches(rows: list[dict[str, Any]], fmt: str, as_json: bool) -> None:
+    """Search-shaped rows: JSON as `pixdex search --format json`, else one line per match."""
+    fmt = resolve_format(fmt, as_json)
+    if fmt == "json":
+        emit(rows, fmt)
+    else:
+        emit([{"query": r["query"], **m} for r in rows for m in r["matches"]], fmt, columns=MATCH_COLUMNS)

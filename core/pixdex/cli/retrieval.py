@@ -16,7 +16,7 @@ from pixdex.cli.options import (
     runtime_options,
     skip_report_options,
 )
-from pixdex.cli.output import emit, format_options, resolve_format, write_skips
+from pixdex.cli.output import emit, emit_matches, format_options, resolve_format, write_skips
 from pixdex.config import Config, parse_assignments
 from pixdex.contracts import METRICS
 from pixdex.errors import UsageError
@@ -326,7 +326,14 @@ def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
 
 @click.command("search")
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.argument("queries", nargs=-1, required=True)
+@click.argument("queries", nargs=-1)
+@click.option(
+    "--id",
+    "item_ids",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Query by an item already in the index (its stored embedding; repeatable): more like this.",
+)
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Matches per query [default: retrieval.k, 10].")
 @click.option(
     "--model",
@@ -349,6 +356,7 @@ def search_cmd(
     app: App,
     index_dir: str,
     queries: tuple[str, ...],
+    item_ids: tuple[int, ...],
     k: int,
     model_override: str | None,
     html_file: str | None,
@@ -359,7 +367,8 @@ def search_cmd(
     as_json: bool,
     **params: Any,
 ) -> None:
-    """Find the images in INDEX_DIR most similar to each QUERY (image files or folders).
+    """Find the images in INDEX_DIR most similar to each QUERY (image files or folders),
+    or to indexed items (--id ID: more like this, the item itself left out).
 
     Scores: cosine similarity for cosine indexes, the dot product for ip, minus the
     euclidean distance for l2; higher is more similar.
@@ -367,6 +376,17 @@ def search_cmd(
     from pixdex.retrieval.search import search
 
     runtime = runtime_for(app, params, sets, "search")
+    if bool(queries) == bool(item_ids):
+        raise UsageError("give QUERY images or --id ID (an indexed item), not both and not neither")
+    if item_ids:
+        from pixdex.retrieval.by_item import similar
+        from pixdex.retrieval.index_folder import open_index
+
+        if html_file or model_override:
+            raise UsageError("--id queries by stored embeddings: --html and --model apply to image queries only")
+        index = open_index(index_dir, app.plugins)
+        emit_matches([similar(index, i, k or runtime["k"]) for i in item_ids], fmt, as_json)
+        return
     rows, skipped, _ = search(
         index_dir,
         list(queries),
@@ -388,12 +408,7 @@ def search_cmd(
             Path(html_file), search_sheet(rows, f"pixdex search: {index_dir}").encode("utf-8", "surrogateescape")
         )
         app.note(f"pixdex: wrote {html_file}")
-    flat = [{"query": r["query"], **m} for r in rows for m in r["matches"]]
-    fmt = resolve_format(fmt, as_json)
-    if fmt == "json":
-        emit(rows, fmt)
-    else:
-        emit(flat, fmt, columns=["query", "rank", "score", "label", "path", "id"])
+    emit_matches(rows, fmt, as_json)
 
 
 def register(cli: click.Group) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "has_image_extension",
     "list_images",
     "open_image",
+    "decode_image_bytes",
     "probe_images",
     "quiet_pillow_warnings",
     "to_display_mode",
@@ -305,8 +306,6 @@ def open_image(
     already smaller than twice the size, decode in full. The limits and checks above
     apply to the stored size, as without it.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if draft_size is not None:
         draft_size = _checked_draft_size(draft_size)
     name = str(os.fsdecode(os.fspath(path)))
@@ -316,39 +315,55 @@ def open_image(
     except OSError as exc:
         raise ImageSkip(name, "unreadable", _os_detail(exc)) from None
     with fp:
-        try:
-            with _PIL_LIMIT_LOCK:
-                saved = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = None
-                try:
-                    im = Image.open(fp)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = saved
-        except UnidentifiedImageError:
-            raise ImageSkip(name, "not-an-image", "Pillow does not recognise this file's content") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageSkip(name, "too-large", str(exc)) from None
-        except Exception as exc:  # Pillow plugins raise many types on corrupt headers
-            raise ImageSkip(name, _load_reason(exc), _exc_detail(exc)) from None
-        width, height = im.size
-        if max_pixels and width * height > max_pixels:
-            raise ImageSkip(name, "too-large", f"{width}x{height} = {width * height} pixels, limit {max_pixels}")
-        if width < 1 or height < 1:
-            raise ImageSkip(name, "decode-error", f"image has no pixels ({width}x{height})")
-        if draft_size is not None:
-            _draft(im, draft_size)
-        try:
-            im.load()  # frame 0: an animation's later frames are never decoded
-        except Image.DecompressionBombError as exc:
-            raise ImageSkip(name, "too-large", str(exc)) from None
-        except Exception as exc:
-            raise ImageSkip(name, _load_reason(exc), _exc_detail(exc)) from None
-        try:
-            return to_display_mode(_exif_transpose(im))
-        except ImageSkip:
-            raise
-        except Exception as exc:
-            raise ImageSkip(name, "decode-error", f"conversion from mode {im.mode}: {_exc_detail(exc)}") from None
+        return _decode(fp, name, max_pixels, draft_size)
+
+
+def decode_image_bytes(data: bytes, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`open_image` for bytes already in memory (an upload): the same checks, limits,
+    conversions and :class:`ImageSkip` reasons; ``name`` is what a skip reports."""
+    import io
+
+    if not data:
+        raise ImageSkip(name, "empty", "0 bytes")
+    return _decode(io.BytesIO(data), name, max_pixels, None)
+
+
+def _decode(fp: Any, name: str, max_pixels: int | None, draft_size: tuple[int, int] | None) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _PIL_LIMIT_LOCK:
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except UnidentifiedImageError:
+        raise ImageSkip(name, "not-an-image", "Pillow does not recognise this file's content") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageSkip(name, "too-large", str(exc)) from None
+    except Exception as exc:  # Pillow plugins raise many types on corrupt headers
+        raise ImageSkip(name, _load_reason(exc), _exc_detail(exc)) from None
+    width, height = im.size
+    if max_pixels and width * height > max_pixels:
+        raise ImageSkip(name, "too-large", f"{width}x{height} = {width * height} pixels, limit {max_pixels}")
+    if width < 1 or height < 1:
+        raise ImageSkip(name, "decode-error", f"image has no pixels ({width}x{height})")
+    if draft_size is not None:
+        _draft(im, draft_size)
+    try:
+        im.load()  # frame 0: an animation's later frames are never decoded
+    except Image.DecompressionBombError as exc:
+        raise ImageSkip(name, "too-large", str(exc)) from None
+    except Exception as exc:
+        raise ImageSkip(name, _load_reason(exc), _exc_detail(exc)) from None
+    try:
+        return to_display_mode(_exif_transpose(im))
+    except ImageSkip:
+        raise
+    except Exception as exc:
+        raise ImageSkip(name, "decode-error", f"conversion from mode {im.mode}: {_exc_detail(exc)}") from None
 
 
 def _checked_draft_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -34,6 +34,7 @@ class Collection:
     items: list[Item]
     dataset: Dataset | None
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    spec: str = ""  # the DATA argument, recorded for keys that only their dataset can open
 
     @property
     def opener(self) -> Any:
@@ -51,7 +52,15 @@ def collect(data_spec: str, pset: PluginSet, *, labels: str = "auto", split: str
     items: list[Item] = []
     for name in names:
         items.extend(ds.items(name))
-    return Collection(items, ds, list(ds.skipped))
+    return Collection(items, ds, list(ds.skipped), absolute_spec(data_spec))
+
+
+def absolute_spec(data_spec: str) -> str:
+    """``idx:data/fm`` -> ``idx:/abs/data/fm``, so the spec still opens from another folder."""
+    prefix, sep, rest = data_spec.partition(":")
+    if sep and prefix.isidentifier() and len(prefix) > 1 and os.path.exists(rest):
+        return f"{prefix}:{os.path.abspath(rest)}"
+    return os.path.abspath(data_spec) if os.path.exists(data_spec) else data_spec
 
 
 def file_facts(key: str, opener: Any = None) -> dict[str, Any]:

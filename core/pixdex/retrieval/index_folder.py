@@ -3,6 +3,7 @@
     manifest.json   what everything else must match (written last by each commit)
     embeddings.npy  float32[N, D], row i = ANN id i (memory-mapped on read)
     items.jsonl     one line per row: id (stable, never reused), row, path, label, size, mtime, sha256
+                    (and ``dataset``, the DATA spec, for keys such as ``idx:train/000123``)
     model/          the model as a run folder (pixdex.json + model.safetensors)
     index/          the index plugin's own files
     skipped.jsonl   images that could not be embedded
@@ -14,6 +15,7 @@ plugin (Annoy silently loads a wrong file, then crashes) is handed the folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -163,17 +165,18 @@ def new_items(
         key, label = collection.items[pos]
         f = facts[pos]
         # absolute, so thumbnails, `index remove` and search output work from any folder
-        path = os.path.abspath(key) if f.get("size") is not None else key
-        records.append(
-            {
-                "id": first_id + offset,
-                "path": path,
-                "label": label,
-                "size": f.get("size"),
-                "mtime": f.get("mtime"),
-                "sha256": f.get("sha256"),
-            }
-        )
+        is_file = f.get("size") is not None
+        record = {
+            "id": first_id + offset,
+            "path": os.path.abspath(key) if is_file else key,
+            "label": label,
+            "size": f.get("size"),
+            "mtime": f.get("mtime"),
+            "sha256": f.get("sha256"),
+        }
+        if not is_file and collection.spec:
+            record["dataset"] = collection.spec  # `idx:train/000123` opens only through its dataset
+        records.append(record)
     return records
 
 
@@ -273,6 +276,11 @@ class OpenIndex:
     @property
     def metric(self) -> str:
         return str(self.manifest["metric"])
+
+    @functools.cached_property
+    def rows_by_id(self) -> dict[int, int]:
+        """item id -> embedding row (ids are stable, rows are compacted by removals)."""
+        return {int(it["id"]): row for row, it in enumerate(self.items)}
 
 
 def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:

@@ -60,6 +60,37 @@ def neighbours(index: OpenIndex, vectors: np.ndarray, k: int) -> tuple[np.ndarra
         raise PixdexError(f"search failed: {exc}") from None
 
 
+def ranked_matches(
+    index: OpenIndex,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    *,
+    exclude: frozenset[int] = frozenset(),
+    k: int | None = None,
+) -> list[dict[str, Any]]:
+    """One query's ANN answer (rows and scores) as matches: rank, id, path, label, score;
+    item ids in ``exclude`` are dropped (the query items themselves), at most ``k`` kept."""
+    matches: list[dict[str, Any]] = []
+    for row, score in zip(rows.tolist(), scores.tolist()):
+        if row < 0:
+            continue  # k larger than the collection
+        item = index.items[row]
+        if item["id"] in exclude:
+            continue
+        if k is not None and len(matches) == k:
+            break
+        matches.append(
+            {
+                "rank": len(matches) + 1,
+                "id": item["id"],
+                "path": item["path"],
+                "label": item.get("label"),
+                "score": float(score),
+            }
+        )
+    return matches
+
+
 def search(
     index_dir: str | Path,
     queries: list[str],
@@ -76,23 +107,7 @@ def search(
     run = index_model(index, pset, model)
     paths, vectors, skipped = embed_queries(run, queries, runtime, max_pixels=max_pixels, notify=notify)
     ids, scores = neighbours(index, vectors, k)
-    rows = []
-    for qpath, qids, qscores in zip(paths, ids, scores):
-        matches = []
-        for rank, (row, score) in enumerate(zip(qids.tolist(), qscores.tolist()), 1):
-            if row < 0:
-                continue  # k larger than the collection
-            item = index.items[row]
-            matches.append(
-                {
-                    "rank": rank,
-                    "id": item["id"],
-                    "path": item["path"],
-                    "label": item.get("label"),
-                    "score": float(score),
-                }
-            )
-        rows.append({"query": qpath, "matches": matches})
+    rows = [{"query": q, "matches": ranked_matches(index, i, s)} for q, i, s in zip(paths, ids, scores)]
     return rows, skipped, index
 
 
