@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test lint format demo bench-help clean-demo
+.PHONY: venv test lint format demo bench-help clean-demo screenshot
 
 # Always re-run the editable install: seconds when nothing changed, and it catches a missing dependency.
 venv:
@@ -43,7 +43,13 @@ demo: venv
 	$(BIN)/pixdex index build $(DEMO_DIR)/run "$$sample/train" -o $(DEMO_DIR)/index --force; \
 	$(BIN)/pixdex search $(DEMO_DIR)/index "$$sample/test/Sneaker/00705.png" "$$sample/test/Bag/01171.png" \
 	  "$$sample/test/Trouser" -k 8 --html $(DEMO_DIR)/search.html --format csv | head -9; \
-	echo "== done: $(DEMO_DIR)/run (the model), $(DEMO_DIR)/index (the index), open $(DEMO_DIR)/search.html"
+	echo "== done: $(DEMO_DIR)/run (the model), $(DEMO_DIR)/index (the index), open $(DEMO_DIR)/search.html"; \
+	echo "== serve the index with a web page and a JSON API (Ctrl-C stops): $(BIN)/pixdex serve $(DEMO_DIR)/index"
+
+# A screenshot of the `pixdex serve` page on the demo's index, for docs/serve.md (headless
+# Debian chromium through Playwright; needs `make demo` first).
+screenshot: venv
+	$(BIN)/python docs/tools/serve_screenshot.py $(DEMO_DIR)/index docs/images/serve-page.png
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from recognition_data import make_folder_dataset
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("PIXDEX_CRASH_AT", None)
 
@@ -107,3 +109,63 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(sys.modules):
         if name.startswith("pixdex_test_"):
             del sys.modules[name]
+
+
+# --- one tiny trained run and one tiny index, shared by the retrieval and serve tests ---------
+
+TINY_CNN = [
+    "--backbone",
+    "simple-cnn",
+    "--set",
+    "backbone.widths=[4,8]",
+    "--set",
+    "backbone.embed_dim=16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
+CPU_RUNTIME = ["--workers", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("gallery"), per_class=10, seed=5)
+
+
+@pytest.fixture(scope="session")
+def trained(gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("retrun") / "run"
+    result = invoke("-q", "train", str(gallery), "-o", str(run), "--epochs", "4", "--lr", "0.01", *TINY_CNN)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_index(trained: Path, gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny annoy index shared by the read-only tests."""
+    out = tmp_path_factory.mktemp("idx") / "index"
+    result = invoke("-q", "index", "build", str(trained), str(gallery), "-o", str(out), *CPU_RUNTIME, "--json")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def serve_client(folder: Path, *, token: str | None = None, limits: Any = None, log: Any = None, **service_kw: Any):
+    """A Starlette TestClient over `pixdex serve FOLDER` (CPU, no reload watcher: tests call
+    ``client.service.reload_if_changed()`` themselves). Use as a context manager."""
+    from starlette.testclient import TestClient
+
+    from pixdex import api
+    from pixdex.plugins import load_plugins
+    from pixdex.serve.app import create_app
+    from pixdex.serve.service import Service
+
+    pset = load_plugins(entry_points=[])
+    runtime = api.runtime_config(pset, flags={"runtime": {"device": "cpu", "workers": 0}}, environ={})
+    service = Service(folder, pset, runtime, log=log or (lambda m: None), **service_kw)
+    app = create_app(service, limits=limits, token=token, reload_interval=0, log=log or (lambda m: None))
+    client = TestClient(app, raise_server_exceptions=True)
+    client.service = service  # type: ignore[attr-defined]
+    return client

@@ -253,6 +253,14 @@ def _duplicates(ctx: dict[str, Any]) -> Any:
     return json_out("duplicates", str(ctx["index"]), "-o", str(ctx["root"] / "duplicates"), "--threshold", "0.99")
 
 
+def _serve(ctx: dict[str, Any], route: str) -> Any:
+    """GET ``route`` of `pixdex serve` on the index (TestClient, real app and service)."""
+    from conftest import serve_client
+
+    with serve_client(ctx["index"], cache_dir=ctx["root"] / "thumbs") as client:
+        return client.get(route).json()
+
+
 PRODUCERS: dict[str, Callable[[Any], Any]] = {
     "plugins": _plugins,
     "list": _list,
@@ -269,6 +277,9 @@ PRODUCERS: dict[str, Callable[[Any], Any]] = {
     "evaluate-retrieval": _evaluate_retrieval,
     "cluster": _cluster,
     "duplicates": _duplicates,
+    "serve-info": lambda ctx: _serve(ctx, "/api/info"),
+    "serve-healthz": lambda ctx: _serve(ctx, "/healthz"),
+    "serve-error": lambda ctx: _serve(ctx, "/api/items/999/similar"),
 }
 NEEDS_RUN = {"train", "evaluate", "predict"}
 NEEDS_INDEX = {
@@ -281,6 +292,9 @@ NEEDS_INDEX = {
     "evaluate-retrieval",
     "cluster",
     "duplicates",
+    "serve-info",
+    "serve-healthz",
+    "serve-error",
 }
 
 
@@ -423,3 +437,34 @@ def test_the_validator_rejects_wrong_documents():
     assert validate(
         {"groups": [{"group": 0, "size": 1, "max_score": 1, "min_score": 1, "items": []}]}, SCHEMAS["duplicates"]
     )
+
+
+def test_serve_responses_use_the_cli_schemas(indexed: dict[str, Any]):
+    """The API answers search, "more like this" and recommend in `pixdex search`'s schema and
+    predict in `pixdex predict`'s, on an index and on a run folder; so do `search --id` and
+    `recommend` on the command line."""
+    from conftest import serve_client
+
+    query = next((indexed["data"] / "test" / "top").iterdir())
+    files = [("image", (query.name, query.read_bytes(), "image/png"))]
+    with serve_client(indexed["index"], cache_dir=indexed["root"] / "thumbs") as client:
+        documents = {
+            "search": [
+                client.post("/api/search", files=files, data={"k": "3"}).json(),
+                client.get("/api/items/2/similar", params={"k": 3}).json(),
+                client.post("/api/recommend", json={"positive": [1, 2], "negative": [5], "k": 3}).json(),
+            ],
+            "predict": [client.post("/api/predict", files=files, data={"k": "2"}).json()],
+        }
+    with serve_client(indexed["run"], cache_dir=indexed["root"] / "thumbs") as client:
+        documents["predict"].append(client.post("/api/predict", files=files, data={"k": "2"}).json())
+        documents["serve-info"] = [client.get("/api/info").json()]
+        documents["serve-error"] = [client.get("/api/items/0/similar").json()]
+    documents["search"] += [
+        json_out("search", str(indexed["index"]), "--id", "2", "-k", "3"),
+        json_out("recommend", str(indexed["index"]), "--like", "1", "--like", "2", "--unlike", "5", "-k", "3"),
+    ]
+    for name, docs in documents.items():
+        for doc in docs:
+            assert validate(doc, SCHEMAS[name]) == [], (name, doc)
+    assert all(len(doc[0]["matches"]) == 3 for doc in documents["search"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke
-from recognition_data import make_folder_dataset, pattern_image
+from recognition_data import pattern_image
 
 TINY = [
     "--backbone",
@@ -27,28 +27,6 @@ TINY = [
     "cpu",
 ]
 RT = ["--workers", "0", "--device", "cpu"]
-
-
-@pytest.fixture(scope="session")
-def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder_dataset(tmp_path_factory.mktemp("gallery"), per_class=10, seed=5)
-
-
-@pytest.fixture(scope="session")
-def trained(gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("retrun") / "run"
-    result = invoke("-q", "train", str(gallery), "-o", str(run), "--epochs", "4", "--lr", "0.01", *TINY)
-    assert result.exit_code == 0, result.output
-    return run
-
-
-@pytest.fixture(scope="session")
-def tiny_index(trained: Path, gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny annoy index shared by the read-only tests."""
-    out = tmp_path_factory.mktemp("idx") / "index"
-    result = invoke("-q", "index", "build", str(trained), str(gallery), "-o", str(out), *RT, "--json")
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_index_folder_layout(tiny_index: Path):

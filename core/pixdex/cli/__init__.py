@@ -42,9 +42,9 @@ def build_cli(plugins: PluginSet | None = None) -> click.Group:
         quiet_pillow_warnings()  # bad images are reported in the skip report instead
         ctx.obj = App(plugins=plugins, quiet=quiet)
 
-    from pixdex.cli import analysis, config_cmd, info, recognition, retrieval
+    from pixdex.cli import analysis, config_cmd, info, recognition, retrieval, serve
 
-    for module in (info, config_cmd, recognition, retrieval, analysis):
+    for module in (info, config_cmd, recognition, retrieval, analysis, serve):
         module.register(cli)
     plugins.add_commands(cli)
     return cli
