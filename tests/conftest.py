@@ -169,3 +169,19 @@ def serve_client(folder: Path, *, token: str | None = None, limits: Any = None, 
     client = TestClient(app, raise_server_exceptions=True)
     client.service = service  # type: ignore[attr-defined]
     return client
+
+
+def upload(*files: tuple[str, bytes], k: int | None = None) -> dict[str, Any]:
+    """TestClient keyword arguments for a multipart upload of ``(name, bytes)`` files."""
+    data = {} if k is None else {"k": str(k)}
+    return {"files": [("image", (name, data_, "image/png")) for name, data_ in files], "data": data}
+
+
+@pytest.fixture
+def own_index(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A private collection and index that the test may change."""
+    data = make_folder_dataset(tmp_path / "coll", per_class=4, seed=11)
+    index = tmp_path / "index"
+    result = invoke("-q", "index", "build", str(trained), str(data), "-o", str(index), *CPU_RUNTIME)
+    assert result.exit_code == 0, result.stderr
+    return data, index
