@@ -73,6 +73,18 @@ def knn_labels(queries: torch.Tensor, reference: torch.Tensor, labels: torch.Ten
     return labels.to(queries.device)[scores.argmax(1)]
 
 
+LOSS_TIE_MARGIN = 1e-3  # a tie in accuracy is broken only by a loss this much lower
+
+
+def better(new: tuple[float, ...], old: tuple[float, ...]) -> bool:
+    """Whether validation score ``new`` beats ``old``: ``(accuracy, -loss)`` compares the
+    accuracy first, then breaks a tie by a loss lower by at least :data:`LOSS_TIE_MARGIN`
+    (so a flat run does not "improve" by rounding); ``(-loss,)`` compares the loss."""
+    if new[0] != old[0] or len(new) < 2 or len(old) < 2:
+        return new[0] > old[0]
+    return new[1] > old[1] + LOSS_TIE_MARGIN
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -392,7 +404,9 @@ class Trainer:
                 {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}, last["ema_updates"]
             )
         self.start_epoch, self.step = last["epoch"], last["step"]
-        self.best, self.best_epoch = last["best"], last["best_epoch"]
+        best = last["best"]  # a list in JSON; a bare number in runs written before the tie-break
+        self.best = None if best is None else tuple(best) if isinstance(best, list) else (best,)
+        self.best_epoch = last["best_epoch"]
         self.best_weights = last.get("best_weights", "live")
         self.history = read_history(self.run_dir / "history.csv")[: self.start_epoch]
         self.notify(f"pixdex: resuming {self.run_dir} after epoch {self.start_epoch}")
@@ -547,13 +561,20 @@ class Trainer:
         row["ema_val_loss"], row["ema_val_accuracy"] = scores["val_loss"], scores["val_accuracy"]
 
     def improved(self, row: dict[str, Any]) -> bool:
-        """Best by validation accuracy, else validation loss, of the live weights or their
-        average (which one is kept in :attr:`best_weights`); without validation images
-        every epoch counts as the best, so the last one is kept (the average, when on)."""
+        """Best by validation accuracy, ties broken by the lower validation loss (else by
+        loss alone), of the live weights or their average (which one is kept in
+        :attr:`best_weights`); without validation images every epoch counts as the best,
+        so the last one is kept (the average, when on).
 
-        def score(prefix: str) -> float | None:
+        The tie-break matters on small validation splits: their accuracy saturates (59
+        images at 100% after 2 epochs), and without it the undertrained early epoch would be
+        kept and early stopping would end training there."""
+
+        def score(prefix: str) -> tuple[float, ...] | None:
             accuracy, loss = row.get(f"{prefix}val_accuracy"), row.get(f"{prefix}val_loss")
-            return accuracy if accuracy is not None else (None if loss is None else -loss)
+            if accuracy is not None:
+                return (accuracy,) if loss is None else (accuracy, -loss)
+            return None if loss is None else (-loss,)
 
         candidates = [(score(""), "live")] + ([(score("ema_"), "ema")] if self.ema is not None else [])
         scored = [(s, which) for s, which in candidates if s is not None]
@@ -561,7 +582,7 @@ class Trainer:
             self.best_weights = candidates[-1][1]
             return True
         best, which = max(scored)  # a tie keeps the live weights ("live" > "ema")
-        if self.best is None or best > self.best:
+        if self.best is None or better(best, self.best):
             self.best, self.best_weights = best, which
             return True
         return False
@@ -630,7 +651,7 @@ class Trainer:
             {
                 "epoch": epoch + 1,
                 "step": self.step,
-                "best": self.best,
+                "best": None if self.best is None else list(self.best),
                 "best_epoch": self.best_epoch,
                 "best_weights": self.best_weights,
                 "ema_updates": self.ema.updates if self.ema is not None else 0,
