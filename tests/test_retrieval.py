@@ -200,3 +200,14 @@ def test_embed_refuses_a_run_or_index_folder(tiny_index: Path, trained: Path, ga
         result = invoke("embed", str(trained), str(gallery), "-o", str(target), *RT)
         assert result.exit_code == 1 and "holds a run or an index" in result.stderr
     assert json.loads((tiny_index / "manifest.json").read_text())["format"] == "pixdex-index"
+
+
+def test_dataset_specs_are_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from pixdex.retrieval.embed import absolute_spec
+
+    (tmp_path / "fm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("idx:fm") == f"idx:{tmp_path / 'fm'}"
+    assert absolute_spec("fm") == str(tmp_path / "fm")
+    assert absolute_spec("idx:missing") == "idx:missing"  # left alone: the reader reports it
+    assert absolute_spec("csv:list.csv") == "csv:list.csv"

@@ -57,7 +57,10 @@ def main() -> int:
                 browser.close()
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     print(f"wrote {args.out}")
     return 0
 
