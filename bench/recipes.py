@@ -246,6 +246,9 @@ def bench_dataset(name: str, root: Path, work: Path, args: argparse.Namespace) -
         n_train, photo, side = describe(folder)
         train_data, test_data = str(folder / "train"), str(folder)
         recipes = [Recipe("default", [])] + (grid(photo, args.quick, side) if n_train <= GRID_MAX_TRAIN else [])
+    if args.recipes:
+        wanted = set(args.recipes.split(","))
+        recipes = [r for r in recipes if r.name in wanted]
     results = []
     for recipe in recipes:
         result = run_recipe(recipe, train_data, test_data, work, args.seed, extra)
@@ -259,9 +262,13 @@ def bench_dataset(name: str, root: Path, work: Path, args: argparse.Namespace) -
         )
         if result.error:
             print(f"    error: {result.error}", file=sys.stderr)
-    others = [r for r in results[1:] if r.top1 is not None]
+    default = next((r for r in results if r.recipe == "default"), None)
+    if default is None:
+        print(f"{name}: --recipes has no 'default', nothing to compare", file=sys.stderr)
+        return None
+    others = [r for r in results if r is not default and r.top1 is not None]
     oracle = max(others, key=lambda r: r.top1 or 0.0) if others else None
-    return Row(name, n_train, photo, results[0], oracle, results)
+    return Row(name, n_train, photo, default, oracle, results)
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -314,6 +321,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--datasets", default="", help=f"comma-separated subset of {','.join(DATASETS)}")
     parser.add_argument("--json", type=Path, default=None, help="write one JSON line per dataset here")
+    parser.add_argument(
+        "--recipes", default="", help="comma-separated recipe names to run (e.g. 'default' to rerun only it)"
+    )
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n] or DATASETS
     if args.quick and not args.datasets:

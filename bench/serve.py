@@ -115,6 +115,27 @@ def start_server(index: Path, cache: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def verdict(results: dict[str, Any]) -> dict[str, bool]:
+    """Print and return each issue-14 target as met or not, from the measured figures."""
+    by_clients = {level["clients"]: level for level in results["levels"]}
+    checks: dict[str, tuple[str, bool]] = {}
+    if 1 in by_clients:
+        one = by_clients[1]
+        checks["upload_p50"] = (f"upload p50 {one['upload']['p50_ms']:.1f} ms <= 25", one["upload"]["p50_ms"] <= 25)
+        checks["similar_p50"] = (f"similar p50 {one['similar']['p50_ms']:.1f} ms <= 5", one["similar"]["p50_ms"] <= 5)
+    if 4 in by_clients:
+        ratio = by_clients[4]["http_vs_inproc"]
+        checks["throughput_4"] = (f"HTTP / in-process at 4 clients {ratio:.2f}x >= 0.7", ratio >= 0.7)
+    errors = sum(level[path]["errors"] for level in results["levels"] for path in ("upload", "similar", "in-proc"))
+    checks["no_errors"] = (f"errors under load {errors} == 0", errors == 0)
+    reload = results["reload"]
+    reloaded = reload["errors"] == 0 and reload["index_add"].get("rc") == 0 and reload["count_after"] > results["count"]
+    checks["hot_reload"] = (f"reload: {reload['errors']} failed requests, new version served", reloaded)
+    for text, ok in checks.values():
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    return {name: ok for name, (_, ok) in checks.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("index", type=Path, nargs="?", default=Path("demo-output/index"))
@@ -222,7 +243,6 @@ def main() -> int:
         for q in queries[:20]:
             (extra / q.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(q, extra / q.parent.name / q.name)
-        stop_adding = threading.Event()
         added: dict[str, Any] = {}
 
         def add_later() -> None:
@@ -234,20 +254,20 @@ def main() -> int:
                 text=True,
             )
             added.update(rc=r.returncode, seconds=time.perf_counter() - t)
-            stop_adding.set()
 
         adder = threading.Thread(target=add_later)
         adder.start()
         r = load(http_upload, 4, args.seconds * 2)
         adder.join()
         time.sleep(1.5)  # the watcher polls every 0.5 s
-        info = httpx.get(url + "api/info").json()
+        info = httpx.get(url.rstrip("/") + "/api/info").json()
         results["reload"] = {**r, "index_add": added, "version_after": info["version"], "count_after": info["count"]}
         print(
             f"hot reload under 4 clients: {r['requests']} requests, {r['errors']} errors; index add rc "
             f"{added.get('rc')}; server now version {info['version']} with {info['count']} items "
             f"(was {count})"
         )
+        results["targets"] = verdict(results)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

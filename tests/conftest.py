@@ -152,6 +152,15 @@ def tiny_index(trained: Path, gallery: Path, tmp_path_factory: pytest.TempPathFa
     return out
 
 
+@pytest.fixture(scope="session")
+def exported_index(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pixdex export` of the tiny index (needs the [export] extra), for read-only tests."""
+    out = tmp_path_factory.mktemp("exported") / "export"
+    result = invoke("-q", "export", str(tiny_index), "-o", str(out), *CPU_RUNTIME)
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def serve_client(folder: Path, *, token: str | None = None, limits: Any = None, log: Any = None, **service_kw: Any):
     """A Starlette TestClient over `pixdex serve FOLDER` (CPU, no reload watcher: tests call
     ``client.service.reload_if_changed()`` themselves). Use as a context manager."""

@@ -253,6 +253,15 @@ def _duplicates(ctx: dict[str, Any]) -> Any:
     return json_out("duplicates", str(ctx["index"]), "-o", str(ctx["root"] / "duplicates"), "--threshold", "0.99")
 
 
+def _export(ctx: dict[str, Any]) -> Any:
+    """`pixdex export` of the index (all verification fields), then `--check` of it."""
+    out = ctx["root"] / "export"
+    exported = json_out("export", str(ctx["index"]), "-o", str(out), *CPU)
+    checked = json_out("export", "--check", str(out), *CPU)
+    assert validate(checked, SCHEMAS["export"]) == []
+    return exported
+
+
 def _serve(ctx: dict[str, Any], route: str) -> Any:
     """GET ``route`` of `pixdex serve` on the index (TestClient, real app and service)."""
     from conftest import serve_client
@@ -277,6 +286,7 @@ PRODUCERS: dict[str, Callable[[Any], Any]] = {
     "evaluate-retrieval": _evaluate_retrieval,
     "cluster": _cluster,
     "duplicates": _duplicates,
+    "export": _export,
     "serve-info": lambda ctx: _serve(ctx, "/api/info"),
     "serve-healthz": lambda ctx: _serve(ctx, "/healthz"),
     "serve-error": lambda ctx: _serve(ctx, "/api/items/999/similar"),
@@ -292,6 +302,7 @@ NEEDS_INDEX = {
     "evaluate-retrieval",
     "cluster",
     "duplicates",
+    "export",
     "serve-info",
     "serve-healthz",
     "serve-error",

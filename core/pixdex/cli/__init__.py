@@ -42,9 +42,9 @@ def build_cli(plugins: PluginSet | None = None) -> click.Group:
         quiet_pillow_warnings()  # bad images are reported in the skip report instead
         ctx.obj = App(plugins=plugins, quiet=quiet)
 
-    from pixdex.cli import analysis, config_cmd, info, recognition, retrieval, serve
+    from pixdex.cli import analysis, config_cmd, export_cmd, info, recognition, retrieval, serve
 
-    for module in (info, config_cmd, recognition, retrieval, analysis, serve):
+    for module in (info, config_cmd, recognition, retrieval, analysis, serve, export_cmd):
         module.register(cli)
     plugins.add_commands(cli)
     return cli
