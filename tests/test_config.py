@@ -21,6 +21,7 @@ def test_defaults_come_from_the_registry(pset):
         "workers": 2,
         "batch_size": "auto",
         "memory_budget_mb": 0,
+        "engine": "auto",
     }
     assert config["backbone"]["name"] == "auto" and config["loss"]["label_smoothing"] == 0.1
     assert config["train"]["epochs"] == "auto" and config["train"]["early_stop"] == "auto"

@@ -28,6 +28,7 @@ ENV_SHORTCUTS = {
     "PIXDEX_PRECISION": ("runtime", "precision"),
     "PIXDEX_WORKERS": ("runtime", "workers"),
     "PIXDEX_BATCH_SIZE": ("runtime", "batch_size"),
+    "PIXDEX_ENGINE": ("runtime", "engine"),
 }
 ALL_SECTIONS = tuple(FIXED_SECTIONS) + COMPONENT_SECTIONS
 AUTO_BACKBONE = "auto"  # the default backbone: training picks one from the data
@@ -222,6 +223,11 @@ def validate_fixed(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError('[runtime] workers must be >= 0 and batch_size >= 1 (or "auto")')
         if out["memory_budget_mb"] < 0:
             raise ConfigError("[runtime] memory_budget_mb must be >= 0 (0: automatic)")
+        if out["engine"] == "onnx" and out["device"] not in ("auto", "cpu"):
+            raise ConfigError(
+                f"[runtime] engine 'onnx' runs on the CPU only (ONNX Runtime's CPU provider), not on "
+                f"{out['device']}: use --device cpu, or --engine torch on the accelerator"
+            )
     if section == "retrieval" and out["chunk_size"] < 1:
         raise ConfigError("[retrieval] chunk_size must be >= 1")
     if section == "train" and ((out["epochs"] != "auto" and out["epochs"] < 1) or out["lr"] <= 0):

@@ -27,6 +27,8 @@ class RuntimeSettings:
     # (pixdex.recognition.recipe) and uses INFERENCE_BATCH, capped by memory, for inference
     batch_size: int | Literal["auto"] = "auto"
     memory_budget_mb: int = 0  # the most an auto batch may use; 0: a quarter of free memory, <= 2 GB on CPU
+    # inference through PyTorch or the model's ONNX export (CPU only; pixdex.export.engine)
+    engine: Literal["auto", "torch", "onnx"] = "auto"
 
 
 @dataclass

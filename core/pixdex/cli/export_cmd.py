@@ -92,7 +92,6 @@ def export_cmd(
     source model must be unchanged; the comparison is run again. See docs/deploying.md.
     """
     from pixdex.export.folder import check_folder, default_probe, export_folder, open_source, verify_files
-
     from pixdex.export.graph import require_export_libraries
 
     require_export_libraries()

@@ -25,6 +25,7 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "precision": ("runtime", "precision"),
     "workers": ("runtime", "workers"),
     "batch_size": ("runtime", "batch_size"),
+    "engine": ("runtime", "engine"),
     "max_pixels": ("data", "max_pixels"),
 }
 COMPONENT_FLAGS: tuple[str, ...] = ("backbone", "transform", "loss", "index")
@@ -46,6 +47,13 @@ def _runtime_flags() -> list[Decorator]:
             help="Numeric precision; auto is bf16 on CUDA (fp16 without bf16 support), fp32 elsewhere.",
         ),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader worker processes."),
+        click.option(
+            "--engine",
+            type=click.Choice(["auto", "torch", "onnx"]),
+            default=None,
+            help="Inference through PyTorch or the model's ONNX export (CPU only; extra [export]; made "
+            "once into a user cache); auto is torch [runtime.engine]. Training always uses PyTorch.",
+        ),
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),

@@ -128,6 +128,10 @@ def train_cmd(
     config = api.configure(app.plugins, preset=preset, config_file=config_file, flags=flags, sets=list(sets))
     for line in config.notes:
         app.note(f"pixdex: note: {line}")
+    if config["runtime"]["engine"] == "onnx":
+        raise UsageError(
+            "training runs on PyTorch: --engine onnx is for embed, index build/add, search, predict, evaluate and serve"
+        )
     if resume:
         from pixdex.config import Config, parse_assignments, validate
 

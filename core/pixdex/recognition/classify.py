@@ -12,7 +12,7 @@ from pixdex.data.image_args import check_single_image, expand_inputs, is_single_
 from pixdex.data.sources import make_source
 from pixdex.device import placement
 from pixdex.errors import PixdexError, UsageError
-from pixdex.pipeline.inference import TTA_MODES, inference_runtime, run_inference
+from pixdex.pipeline.inference import TTA_MODES, engine_parts, run_inference
 from pixdex.pipeline.runs import LoadedRun, load_run
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
@@ -71,18 +71,21 @@ def evaluate(
         raise PixdexError(f"{data_spec} has no images in its {split_name} split")
     targets = map_labels(items, run.classes)
     images = ds.as_tensors(split_name)[0] if hasattr(ds, "as_tensors") else None
-    runtime = inference_runtime(runtime, run.pipeline, run.transform, place)
+    keys, opener = [k for k, _ in items], getattr(ds, "image", None)
+    model, transform, runtime = engine_parts(
+        run, runtime, place, keys=keys, opener=opener, max_pixels=max_pixels, notify=notify, tta=tta
+    )
     source = make_source(
-        [k for k, _ in items],
+        keys,
         targets,
-        run.transform,
+        transform,
         runtime=runtime,
         device=place.device,
         max_pixels=max_pixels,
-        opener=getattr(ds, "image", None),
+        opener=opener,
         images=images,
     )
-    out = run_inference(run.pipeline, run.transform, source, place, tta=tta)
+    out = run_inference(model, transform, source, place, tta=tta)
     skipped = list(ds.skipped) + out.skipped
     if len(out.indices) == 0:
         raise nothing_read(f"no image of {data_spec} ({split_name})", skipped)
@@ -117,9 +120,11 @@ def predict(
     if not paths:
         raise PixdexError("no images found in " + ", ".join(inputs))
     place = placement(runtime["device"], runtime["precision"], notify=notify)
-    runtime = inference_runtime(runtime, run.pipeline, run.transform, place)
-    source = make_source(paths, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels)
-    out = run_inference(run.pipeline, run.transform, source, place, tta=tta)
+    model, transform, runtime = engine_parts(
+        run, runtime, place, keys=paths, max_pixels=max_pixels, notify=notify, tta=tta
+    )
+    source = make_source(paths, None, transform, runtime=runtime, device=place.device, max_pixels=max_pixels)
+    out = run_inference(model, transform, source, place, tta=tta)
     skipped += out.skipped
     if len(out.indices) == 0:
         raise nothing_read(f"none of the {len(paths)} image(s)", skipped)

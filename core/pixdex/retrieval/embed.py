@@ -12,7 +12,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from pixdex.contracts import Dataset, Item
 from pixdex.data.sources import make_source
 from pixdex.device import Placement
 from pixdex.errors import PixdexError
-from pixdex.pipeline.inference import forward_batches, inference_runtime, place_model
+from pixdex.pipeline.inference import engine_parts, forward_batches
 from pixdex.pipeline.runs import LoadedRun
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
@@ -109,12 +109,15 @@ def embed_keys(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     desc: str = "embedding",
+    notify: Callable[[str], None] | None = None,
 ) -> Embedded:
-    """Embed ``keys`` in order; every readable image exactly once."""
-    model = place_model(run.pipeline, place)
-    runtime = inference_runtime(runtime, model, run.transform, place)
+    """Embed ``keys`` in order; every readable image exactly once (with PyTorch or, for
+    ``runtime["engine"] = "onnx"``, the model's ONNX export)."""
+    model, transform, runtime = engine_parts(
+        run, runtime, place, keys=keys, opener=opener, max_pixels=max_pixels, notify=notify
+    )
     source = make_source(
-        keys, None, run.transform, runtime=runtime, device=place.device, max_pixels=max_pixels, opener=opener
+        keys, None, transform, runtime=runtime, device=place.device, max_pixels=max_pixels, opener=opener
     )
     bar = None
     if progress and sys.stderr.isatty():
@@ -123,7 +126,7 @@ def embed_keys(
         bar = tqdm(total=len(keys), desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
     parts, positions, skipped = [], [], []
     done = 0
-    for emb, _, idx, _ in forward_batches(model, run.transform, source, place):
+    for emb, _, idx, _ in forward_batches(model, transform, source, place):
         emb = emb.float().cpu().numpy()
         finite = np.isfinite(emb).all(axis=1)
         for pos in idx[~torch.from_numpy(finite)].tolist():

@@ -78,6 +78,7 @@ def _embed_collection(
         opener=coll.opener,
         max_pixels=opts.max_pixels,
         progress=opts.progress and world.is_main,
+        notify=opts.notify,
     )
     embedded.positions = np.asarray([keep[lo + p] for p in embedded.positions.tolist()], dtype=np.int64)
     if world.distributed:

@@ -46,7 +46,7 @@ def embed_queries(
     if not paths:
         raise PixdexError("no query images found in " + ", ".join(queries))
     place = placement(runtime["device"], runtime["precision"], notify=notify)
-    embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries")
+    embedded = embed_keys(run, paths, runtime, place, max_pixels=max_pixels, desc="queries", notify=notify)
     skipped += embedded.skipped
     if len(embedded.positions) == 0:
         raise nothing_read(f"none of the {len(paths)} query image(s)", skipped)

@@ -76,6 +76,7 @@ class Snapshot:
     signature: tuple[int, int, int] | None
     version: int  # 1 for the first load, +1 per hot reload
     model_sha256: str
+    transform: Any = None  # the model's eval transform (for the ONNX engine: one that keeps uint8)
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -134,20 +135,37 @@ class Service:
             index = open_index(self.folder, self.pset)  # verifies every file first
             sha = index.manifest["model"]["sha256"]
             if previous is not None and previous.model_sha256 == sha:
-                run, model = previous.run, previous.model  # the same weights: no reload of the model
+                # the same weights: no reload of the model
+                run, model, transform = previous.run, previous.model, previous.transform
             else:
                 run = load_run(self.folder / "model", self.pset)
-                model = place_model(run.pipeline, self.place)
-            return Snapshot("index", self.folder, run, model, index, index.manifest["digest"], signature, version, sha)
+                model, transform = self._engine(run, index)
+            digest = index.manifest["digest"]
+            return Snapshot("index", self.folder, run, model, index, digest, signature, version, sha, transform)
         if (self.folder / "pixdex.json").exists():
             run = load_run(self.folder, self.pset)
             sha = model_fingerprint(run)
-            model = place_model(run.pipeline, self.place)
-            return Snapshot("run", self.folder, run, model, None, sha, signature, version, sha)
+            model, transform = self._engine(run, None)
+            return Snapshot("run", self.folder, run, model, None, sha, signature, version, sha, transform)
         raise PixdexError(
             f"{self.folder} is neither an index folder (manifest.json) nor a run folder (pixdex.json); "
             "serve what `pixdex index build` or `pixdex train` wrote"
         )
+
+    def _engine(self, run: LoadedRun, index: OpenIndex | None) -> tuple[Any, Any]:
+        """The placed PyTorch model and its transform, or for ``runtime.engine = onnx`` the
+        model's ONNX export (made once into the user cache, verified on the index's items
+        or the run's data) and a transform that leaves the normalisation to the graph."""
+        engine = self.runtime.get("engine", "torch")
+        if engine != "torch":
+            from pixdex.export.engine import onnx_pair, resolve_engine
+            from pixdex.export.folder import Source, default_probe
+
+            if resolve_engine(engine, self.place.device_type) == "onnx":
+                metric = index.metric if index is not None else str(run.manifest.get("metric") or "cosine")
+                probe = default_probe(Source("run", str(run.path), run, metric, index), self.pset, None)
+                return onnx_pair(run, probe, max_pixels=self.max_pixels, notify=self.log)
+        return place_model(run.pipeline, self.place), run.transform
 
     def reload_if_changed(self) -> str | None:
         """Load a newly committed version beside the current one and swap it in.
@@ -222,7 +240,7 @@ class Service:
         return images
 
     def _forward(self, snap: Snapshot, images: list[Any], want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        transform = snap.run.transform
+        transform = snap.transform
         x = torch.stack([transform.load(im) for im in images]).to(self.place.device)
         if self.place.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
