@@ -235,7 +235,8 @@ def main() -> int:
         results["cold_cli_ms"] = cold
         print(
             f"cold path: one `pixdex search` process per query: median {statistics.median(cold):.0f} ms "
-            f"({len(cold)} runs), {statistics.median(cold) / level['upload']['p50_ms']:.0f}x the served p50"
+            f"({len(cold)} runs), {statistics.median(cold) / results['levels'][0]['upload']['p50_ms']:.0f}x "
+            f"the served p50 at {results['levels'][0]['clients']} client(s)"
         )
 
         # hot reload under load: 4 clients upload while `index add` commits new images

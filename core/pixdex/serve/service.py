@@ -28,11 +28,10 @@ from pixdex.data.images import ImageSkip, decode_image_bytes, open_image
 from pixdex.device import Placement, placement
 from pixdex.errors import PixdexError, UsageError
 from pixdex.pipeline.inference import autocast, embed_batch, place_model
-from pixdex.pipeline.runs import LoadedRun, load_run
+from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval import by_item
 from pixdex.retrieval.index_folder import OpenIndex, open_index
-from pixdex.retrieval.models import model_fingerprint
 from pixdex.retrieval.search import neighbours, ranked_matches, vote
 
 THUMB_SIZE = 160
@@ -159,7 +158,8 @@ class Service:
         engine = self.runtime.get("engine", "torch")
         if engine != "torch":
             from pixdex.export.engine import onnx_pair, resolve_engine
-            from pixdex.export.folder import Source, default_probe
+            from pixdex.export.folder import Source
+            from pixdex.export.sources import default_probe
 
             if resolve_engine(engine, self.place.device_type) == "onnx":
                 metric = index.metric if index is not None else str(run.manifest.get("metric") or "cosine")
@@ -306,15 +306,7 @@ class Service:
             for up, p in zip(uploads, probs):
                 order = np.argsort(-p, kind="stable")[: min(k, len(p))]
                 top = [{"label": snap.run.classes[i], "probability": float(p[i])} for i in order]
-                rows.append(
-                    {
-                        "path": up.name,
-                        "label": top[0]["label"],
-                        "probability": top[0]["probability"],
-                        "top": top,
-                        "tta": "none",
-                    }
-                )
+                rows.append(prediction_row(up.name, top))
             return rows
         index = snap.index
         vectors, _ = self._forward(snap, images, want_logits=False)
@@ -323,15 +315,7 @@ class Service:
             top = vote(ranked_matches(index, i, s), index.metric)[:k]
             if not top:
                 raise ServeError(422, f"{up.name}: none of its nearest items has a label, so they cannot vote on one")
-            rows.append(
-                {
-                    "path": up.name,
-                    "label": top[0]["label"],
-                    "probability": top[0]["probability"],
-                    "top": top,
-                    "tta": "none",
-                }
-            )
+            rows.append(prediction_row(up.name, top))
         return rows
 
     def info(self) -> dict[str, Any]:
@@ -420,6 +404,11 @@ class Service:
 
             self._datasets[spec] = open_dataset(spec, self.pset.registry)
         return self._datasets[spec]
+
+
+def prediction_row(name: str, top: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of `pixdex predict --format json` for an upload (no test-time augmentation)."""
+    return {"path": name, "label": top[0]["label"], "probability": top[0]["probability"], "top": top, "tta": "none"}
 
 
 def encode_thumbnail(image: Any) -> tuple[bytes, str, str]:
