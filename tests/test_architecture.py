@@ -38,7 +38,7 @@ FOUNDATION = {
     "vectors",
     "world",
 }
-JOB_FOLDERS = {"cli", "data", "pipeline", "recognition", "retrieval", "sample", "serve"}
+JOB_FOLDERS = {"cli", "data", "export", "pipeline", "recognition", "retrieval", "sample", "serve"}
 
 
 def _modules() -> dict[str, Path]:
@@ -93,6 +93,7 @@ def test_the_top_of_the_core_holds_only_the_foundation():
 def test_job_folders_depend_downwards_only():
     forbidden = {
         "pixdex.serve": ("pixdex.recognition", "pixdex.cli"),
+        "pixdex.export": ("pixdex.recognition", "pixdex.cli", "pixdex.serve"),
         "pixdex.recognition": ("pixdex.retrieval", "pixdex.cli", "pixdex.serve"),
         "pixdex.retrieval": ("pixdex.recognition", "pixdex.cli", "pixdex.serve"),
         "pixdex.pipeline": ("pixdex.recognition", "pixdex.retrieval", "pixdex.cli"),

@@ -138,7 +138,7 @@ def test_config_show_refuses_unknown_key_with_exit_2(cli_run):
     assert result.exit_code == 2
     assert result.stderr == (
         "pixdex: error: Unknown key 'devise' in [runtime]. Did you mean: device? "
-        "Valid keys: device, precision, workers, batch_size, memory_budget_mb\n"
+        "Valid keys: device, precision, workers, batch_size, memory_budget_mb, engine\n"
     )
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pixdex.recognition.train as train_module
 from conftest import invoke
 from pixdex.recognition import recipe
-import pixdex.recognition.train as train_module
 from pixdex.recognition.recipe import auto_batch_size, auto_epochs, choose_backbone, drops_last, plan, steps_per_epoch
 from recognition_data import make_folder_dataset
 

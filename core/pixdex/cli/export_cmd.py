@@ -91,8 +91,9 @@ def export_cmd(
     With --check, MODEL is an export folder: its files must match their checksums and its
     source model must be unchanged; the comparison is run again. See docs/deploying.md.
     """
-    from pixdex.export.folder import check_folder, default_probe, export_folder, open_source, verify_files
+    from pixdex.export.folder import export_folder, verify_files
     from pixdex.export.graph import require_export_libraries
+    from pixdex.export.sources import check_folder, default_probe, open_source
 
     require_export_libraries()
     max_pixels_flag = params.pop("max_pixels", None)

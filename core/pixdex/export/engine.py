@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from pixdex.contracts import Transform
+from pixdex.device import Placement
 from pixdex.errors import ArtifactError, PixdexError, UsageError
-from pixdex.pipeline.runs import LoadedRun
+from pixdex.pipeline.inference import inference_runtime, place_model
+from pixdex.pipeline.runs import LoadedRun, model_fingerprint
 
 ENGINES = ("auto", "torch", "onnx")
-AUTO_ENGINE_RULE = "torch (ONNX Runtime was not faster on this CPU in bench/export.py; see docs/deploying.md)"
+# bench/export.py measured ONNX Runtime 2.2-5.5x faster than eager on the 2-core CPU, but
+# the first use exports into the user's cache; auto stays torch until that is the default
+# (docs/deploying.md)
+AUTO_ENGINE_RULE = "torch"
 
 
 def cache_root() -> Path:
@@ -123,7 +129,6 @@ def onnx_pair(
 
     from pixdex.export.folder import Source, export_folder, verify_files
     from pixdex.export.verify import session
-    from pixdex.retrieval.models import model_fingerprint
 
     metric = str(run.manifest.get("metric") or "cosine")
     folder = cache_root() / "onnx" / f"{model_fingerprint(run)}-{metric}"
@@ -141,3 +146,35 @@ def onnx_pair(
         export_folder(source, folder, probe, max_pixels=max_pixels, force=True, notify=notify)
     model = OnnxModel(session(folder / "model.onnx"), int(run.pipeline.backbone.embed_dim))
     return model, UInt8Transform(run.transform)
+
+
+def engine_parts(
+    run: Any,
+    runtime: dict[str, Any],
+    place: Placement,
+    *,
+    keys: Sequence[str],
+    opener: Any = None,
+    max_pixels: int,
+    notify: Callable[[str], None] | None = None,
+    tta: str = "none",
+) -> tuple[Any, Transform, dict[str, Any]]:
+    """``(model, transform, runtime)`` for ``runtime["engine"]``: the placed PyTorch pipeline
+    and the run's transform, or for ``onnx`` the run's ONNX export (made once into a user
+    cache, verified on up to 64 of ``keys``) and a transform that leaves the normalisation
+    to the graph. ``runtime`` comes back with a concrete batch size."""
+    engine = runtime.get("engine", "torch")
+    if engine != "torch" and resolve_engine(engine, place.device_type) == "onnx":
+        from pixdex.export.verify import Probe, spread
+
+        if tta != "none":
+            raise UsageError("--tta averages embeddings before the classifier: use it with --engine torch")
+        probe = Probe(spread(list(keys), 64), opener, "the images at hand")
+        model, transform = onnx_pair(run, probe, max_pixels=max_pixels, notify=notify or (lambda m: None))
+        batch = runtime["batch_size"]
+        return model, transform, {**runtime, "batch_size": INFERENCE_BATCH_ONNX if batch == "auto" else batch}
+    model = place_model(run.pipeline, place)
+    return model, run.transform, inference_runtime(runtime, model, run.transform, place)
+
+
+INFERENCE_BATCH_ONNX = 64  # ONNX Runtime holds no autograd state: a fixed batch fits any CPU

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +17,6 @@ import torch
 from pixdex.contracts import Transform
 from pixdex.data.sources import FileSource, TensorSource
 from pixdex.device import Placement
-from pixdex.errors import UsageError
 
 
 def autocast(place: Placement) -> Any:
@@ -46,39 +45,6 @@ def inference_runtime(
 
     return {**runtime, "batch_size": inference_batch(place_model(pipeline, place), transform, place, runtime)}
 
-
-def engine_parts(
-    run: Any,
-    runtime: dict[str, Any],
-    place: Placement,
-    *,
-    keys: Sequence[str],
-    opener: Any = None,
-    max_pixels: int,
-    notify: Callable[[str], None] | None = None,
-    tta: str = "none",
-) -> tuple[Any, Transform, dict[str, Any]]:
-    """``(model, transform, runtime)`` for ``runtime["engine"]``: the placed PyTorch pipeline
-    and the run's transform, or for ``onnx`` the run's ONNX export (made once into a user
-    cache, verified on up to 64 of ``keys``) and a transform that leaves the normalisation
-    to the graph. ``runtime`` comes back with a concrete batch size."""
-    engine = runtime.get("engine", "torch")
-    if engine != "torch":
-        from pixdex.export.engine import onnx_pair, resolve_engine
-        from pixdex.export.verify import Probe, spread
-
-        if resolve_engine(engine, place.device_type) == "onnx":
-            if tta != "none":
-                raise UsageError("--tta averages embeddings before the classifier: use it with --engine torch")
-            probe = Probe(spread(list(keys), 64), opener, "the images at hand")
-            model, transform = onnx_pair(run, probe, max_pixels=max_pixels, notify=notify or (lambda m: None))
-            batch = runtime["batch_size"]
-            return model, transform, {**runtime, "batch_size": INFERENCE_BATCH_ONNX if batch == "auto" else batch}
-    model = place_model(run.pipeline, place)
-    return model, run.transform, inference_runtime(runtime, model, run.transform, place)
-
-
-INFERENCE_BATCH_ONNX = 64  # ONNX Runtime holds no autograd state: a fixed batch fits any CPU
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
 TTA_MODES = ("none", "flip")

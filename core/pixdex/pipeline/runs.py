@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pixdex import __version__
-from pixdex.artifacts import load_safetensors, reading
+from pixdex.artifacts import load_safetensors, reading, tensors_to_bytes
 from pixdex.config import Config, validate
 from pixdex.contracts import DataInfo, Transform
 from pixdex.errors import ArtifactError, PixdexError
@@ -206,3 +206,10 @@ def load_run(run_dir: str | Path, pset: PluginSet, *, weights: str = "model.safe
     built.pipeline.load_state_dict(tensors)
     built.pipeline.eval()
     return LoadedRun(run_dir, manifest, built.pipeline, built.eval_transform, list(manifest["data"]["classes"]))
+
+
+def model_fingerprint(run: LoadedRun) -> str:
+    """sha256 of the model's weights as pixdex saves them (identical weights, identical hash)."""
+    import hashlib
+
+    return hashlib.sha256(tensors_to_bytes(run.pipeline.state_dict(), {"format": "pixdex-model"})).hexdigest()

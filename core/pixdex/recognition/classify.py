@@ -12,7 +12,8 @@ from pixdex.data.image_args import check_single_image, expand_inputs, is_single_
 from pixdex.data.sources import make_source
 from pixdex.device import placement
 from pixdex.errors import PixdexError, UsageError
-from pixdex.pipeline.inference import TTA_MODES, engine_parts, run_inference
+from pixdex.export.engine import engine_parts
+from pixdex.pipeline.inference import TTA_MODES, run_inference
 from pixdex.pipeline.runs import LoadedRun, load_run
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS

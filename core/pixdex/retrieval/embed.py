@@ -21,7 +21,8 @@ from pixdex.contracts import Dataset, Item
 from pixdex.data.sources import make_source
 from pixdex.device import Placement
 from pixdex.errors import PixdexError
-from pixdex.pipeline.inference import engine_parts, forward_batches
+from pixdex.export.engine import engine_parts
+from pixdex.pipeline.inference import forward_batches
 from pixdex.pipeline.runs import LoadedRun
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS

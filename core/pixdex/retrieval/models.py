@@ -74,13 +74,6 @@ def open_model(spec: str, pset: PluginSet, config: Config) -> LoadedRun:
     return LoadedRun(Path(spec), manifest, built.pipeline, built.eval_transform, [])
 
 
-def model_fingerprint(run: LoadedRun) -> str:
-    """sha256 of the model's weights as pixdex saves them (identical weights, identical hash)."""
-    import hashlib
-
-    return hashlib.sha256(tensors_to_bytes(run.pipeline.state_dict(), {"format": "pixdex-model"})).hexdigest()
-
-
 def stage_model(writer: FolderWriter, run: LoadedRun, prefix: str = "model/") -> dict[str, Any]:
     """Write the model into the folder being committed; returns its manifest record."""
     weights = tensors_to_bytes(run.pipeline.state_dict(), {"format": "pixdex-model"})

@@ -10,11 +10,10 @@ import numpy as np
 from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
 from pixdex.device import placement
 from pixdex.errors import ArtifactError, PixdexError
-from pixdex.pipeline.runs import LoadedRun, load_run
+from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import embed_keys
 from pixdex.retrieval.index_folder import OpenIndex, open_index
-from pixdex.retrieval.models import model_fingerprint
 
 
 def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) -> LoadedRun:
