@@ -20,8 +20,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PIXDEX_CACHE_DIR": str(tmp_path_factory.mktemp("onnx-cache"))}
 
 
-def run_json(*args: str, env: dict[str, str]) -> tuple[object, str]:
-    result = invoke(*args, *CPU_RUNTIME, "--json", env=env)
+def run_json(*args: str, env: dict[str, str], workers: int = 0) -> tuple[object, str]:
+    result = invoke(*args, "--device", "cpu", "--workers", str(workers), "--json", env=env)
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout), result.stderr
 
@@ -57,7 +57,8 @@ def test_predict_and_embed_agree_with_pytorch(trained, gallery, cache, tmp_path)
     assert [r["label"] for r in torch_rows] == [r["label"] for r in onnx_rows]
     assert np.allclose([r["probability"] for r in torch_rows], [r["probability"] for r in onnx_rows], atol=1e-5)
     run_json("embed", str(trained), str(gallery), "-o", str(tmp_path / "t"), env=cache)
-    run_json("embed", str(trained), str(gallery), "-o", str(tmp_path / "o"), "--engine", "onnx", env=cache)
+    # one DataLoader worker: the uint8 transform crosses into a worker process
+    run_json("embed", str(trained), str(gallery), "-o", str(tmp_path / "o"), "--engine", "onnx", env=cache, workers=1)
     a, b = np.load(tmp_path / "t" / "embeddings.npy"), np.load(tmp_path / "o" / "embeddings.npy")
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert a.shape == b.shape and cos.min() >= 0.9999

@@ -66,6 +66,8 @@ class UInt8Transform:
         self._inner = transform
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (while unpickling in a worker): no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers pickle the transform
