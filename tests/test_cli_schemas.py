@@ -21,26 +21,14 @@ from typing import Any, Callable
 
 import pytest
 
+from conftest import TINY_CNN
 from recognition_data import make_folder_dataset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 MARKER = re.compile(r"^<!-- schema: ([a-z0-9-]+) -->\n```json\n(.*?)\n```", re.MULTILINE | re.DOTALL)
 KEYWORDS = {"type", "properties", "required", "items", "additionalProperties", "enum", "minimum", "maximum"}
 TYPES = {"string", "number", "integer", "boolean", "object", "array", "null"}
-TINY = [
-    "--backbone",
-    "simple-cnn",
-    "--set",
-    "backbone.widths=[4,8]",
-    "--set",
-    "backbone.embed_dim=16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY = TINY_CNN  # conftest: a tiny simple-cnn on the CPU
 
 
 # --- the validator ------------------------------------------------------------------------

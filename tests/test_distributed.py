@@ -12,21 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_CNN
 from recognition_data import make_folder_dataset
 
 TINY = [
-    "--backbone",
-    "simple-cnn",
-    "--set",
-    "backbone.widths=[4,8]",
-    "--set",
-    "backbone.embed_dim=16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
+    *TINY_CNN,
     "--epochs",
     "6",
     "--lr",

@@ -9,23 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import invoke
+from conftest import TINY_CNN, invoke
 from recognition_data import pattern_image
 
-TINY = [
-    "--backbone",
-    "simple-cnn",
-    "--set",
-    "backbone.widths=[4,8]",
-    "--set",
-    "backbone.embed_dim=16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TINY = TINY_CNN  # conftest: a tiny simple-cnn on the CPU
 RT = ["--workers", "0", "--device", "cpu"]
 
 

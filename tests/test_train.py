@@ -10,21 +10,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import TINY_CNN
 from recognition_data import make_folder_dataset, pattern_image
 
 TINY = [
-    "--backbone",
-    "simple-cnn",
-    "--set",
-    "backbone.widths=[4,8]",
-    "--set",
-    "backbone.embed_dim=16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
+    *TINY_CNN,
     "--val-fraction",
     "0.2",
 ]

@@ -12,21 +12,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import TINY_CNN
 from recognition_data import make_folder_dataset
 
 ARGS = [
-    "--backbone",
-    "simple-cnn",
-    "--set",
-    "backbone.widths=[4,8]",
-    "--set",
-    "backbone.embed_dim=16",
-    "--batch-size",
-    "8",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
+    *TINY_CNN,
     "--seed",
     "1",
 ]
