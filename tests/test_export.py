@@ -116,6 +116,11 @@ def test_check_reverifies_an_export(exported_index):
     assert doc["verification"]["neighbours_agreement"] == 1.0
 
 
+def test_engine_is_refused_by_export(made, tmp_path):
+    result = export(str(made["run"]), "-o", str(tmp_path / "x"), "--engine", "onnx")
+    assert result.exit_code == 2 and "--engine does not apply to export" in result.stderr
+
+
 def test_missing_export_extra_is_one_line(made, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the [export] extra were absent
     result = export(str(made["run"]), "-o", str(tmp_path / "x"))

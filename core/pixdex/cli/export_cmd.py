@@ -96,6 +96,8 @@ def export_cmd(
     from pixdex.export.sources import check_folder, default_probe, open_source
 
     require_export_libraries()
+    if params.pop("engine", None) is not None:
+        raise UsageError("--engine does not apply to export: it exports from PyTorch and checks under ONNX Runtime")
     max_pixels_flag = params.pop("max_pixels", None)
     if check:
         if out_dir is not None or force:
