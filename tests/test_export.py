@@ -201,3 +201,18 @@ def test_lite0_run_exports_and_the_snippet_matches(made, tmp_path):
     assert pre["resize"]["crop_pct"] < 1.0  # the crop rule is exercised
     paths = sorted(made["data"].rglob("*.png"))
     assert snippet_agrees(tmp_path / "lite-onnx", run, paths).min() >= 0.9999
+
+
+def test_unreadable_probe_images_are_skipped_and_reported(made, tmp_path):
+    import shutil
+
+    images = tmp_path / "images" / "class0"
+    images.mkdir(parents=True)
+    for path in sorted((made["data"] / "class0").glob("*.png"))[:3]:
+        shutil.copy(path, images / path.name)
+    (images / "broken.png").write_bytes((images / "img0.png").read_bytes()[:60])  # truncated
+    result = export(str(made["run"]), "-o", str(tmp_path / "x"), "--images", str(tmp_path / "images"), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert f"{images / 'broken.png'}: truncated" in result.stderr
+    v = json.loads(result.stdout)["verification"]
+    assert v["images"] == 3 and v["skipped"] == 1 and v["passed"]

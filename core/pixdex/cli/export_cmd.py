@@ -105,7 +105,9 @@ def export_cmd(
         manifest = verify_files(Path(model))
         config = _config(app, manifest["source"]["spec"], params, sets, preset, config_file)
         max_pixels = max_pixels_flag or config["data"]["max_pixels"]
-        result = check_folder(Path(model), manifest, app.plugins, config, images=images, max_pixels=max_pixels)
+        result = check_folder(
+            Path(model), manifest, app.plugins, config, images=images, max_pixels=max_pixels, notify=app.note
+        )
         _emit(result, fmt, as_json)
         if not result["verification"]["passed"]:
             raise click.exceptions.Exit(1)

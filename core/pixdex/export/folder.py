@@ -70,7 +70,9 @@ def export_folder(
         notify(f"pixdex: exporting {source.kind} {source.spec} to ONNX")
         outputs = export_onnx(source.run, staged, source.metric)
         notify(f"pixdex: verifying under ONNX Runtime on {len(probe.keys)} images ({probe.source})")
-        report = compare(source.run, staged, probe, source.metric, index=source.index, max_pixels=max_pixels)
+        report = compare(
+            source.run, staged, probe, source.metric, index=source.index, max_pixels=max_pixels, notify=notify
+        )
         if not report["passed"]:
             raise PixdexError(
                 f"the exported model does not match PyTorch ({'; '.join(report['problems'])}); nothing was written"

@@ -8,7 +8,7 @@ ONNX engine that retrieval itself uses can import the folder code without a circ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pixdex.artifacts import read_json
 from pixdex.config import Config
@@ -75,7 +75,14 @@ def _opens(data_spec: str) -> bool:
 
 
 def check_folder(
-    out: Path, manifest: dict[str, Any], pset: PluginSet, config: Config, *, images: str | None, max_pixels: int
+    out: Path,
+    manifest: dict[str, Any],
+    pset: PluginSet,
+    config: Config,
+    *,
+    images: str | None,
+    max_pixels: int,
+    notify: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
     """Re-verify an export (its files already checked by :func:`verify_files`) against its
     source model, which must be unchanged; ``config`` resolves that model's spec."""
@@ -86,5 +93,7 @@ def check_folder(
             f"{recorded['spec']} is no longer the model {out} was exported from (its weights changed); export again"
         )
     probe = default_probe(source, pset, images)
-    report = compare(source.run, out / "model.onnx", probe, source.metric, index=source.index, max_pixels=max_pixels)
+    report = compare(
+        source.run, out / "model.onnx", probe, source.metric, index=source.index, max_pixels=max_pixels, notify=notify
+    )
     return {"export": str(out), "source": recorded, "verification": report}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +66,10 @@ def compare(
     index: Any = None,
     max_pixels: int,
     batch_size: int = 16,
+    notify: Callable[[str], None] = lambda m: None,
 ) -> dict[str, Any]:
-    """Run both models on ``probe``; the figures, and ``passed``."""
+    """Run both models on ``probe``; the figures, and ``passed``. Unreadable probe images
+    are skipped, counted in the figures and reported through ``notify`` (path and reason)."""
     from pixdex.data.sources import make_source
 
     sess = session(onnx_path)
@@ -85,6 +87,9 @@ def compare(
                 ours[name].append(np.asarray(value, dtype=np.float32))
             for name, value in zip(names, reference(images)):
                 theirs[name].append(value.float().numpy())
+    if source.skipped:
+        lines = [f"  {skip['path']}: {skip['reason']}" for skip in source.skipped]
+        notify("\n".join([f"pixdex: skipped {len(lines)} probe image(s):", *lines]))
     if not ours["embedding"]:
         return {"images": 0, "source": probe.source, "passed": False, "problems": ["no probe image could be read"]}
     got = {n: np.concatenate(v) for n, v in ours.items()}

@@ -75,7 +75,7 @@ class Snapshot:
     signature: tuple[int, int, int] | None
     version: int  # 1 for the first load, +1 per hot reload
     model_sha256: str
-    transform: Any = None  # the model's eval transform (for the ONNX engine: one that keeps uint8)
+    transform: Any  # the model's eval transform (for the ONNX engine: one that keeps uint8)
     loaded_at: float = field(default_factory=time.time)
 
 
