@@ -15,11 +15,11 @@ Recipes:
 
 * ``default``: ``pixdex train DIR -o RUN --seed S``, nothing else.
 * the grid (every dataset of at most 5,000 training images), a fixed list:
-  simple-cnn x batch {32, 128} x lr {0.002, 0.0005} x flip {0, 0.5}, 15 epochs (8 runs);
-  on colour photo-sized datasets (median short side >= 64 px) instead simple-cnn at 64 px x
-  batch 32 x lr 0.002 x flip {0, 0.5}, 15 epochs (2 runs), and timm:tf_efficientnet_lite0
-  (ImageNet-pretrained, at the median short side rounded up to a multiple of 32, 96-224 px)
-  x batch 32 x lr {0.0005, 0.002} x flip {0, 0.5}, 6 epochs (4 runs).
+  simple-cnn x (batch, lr) in {(32, 0.002), (32, 0.0005), (128, 0.002)} x flip {0, 0.5},
+  15 epochs (6 runs); on colour photo-sized datasets (median short side >= 64 px) instead
+  timm:tf_efficientnet_lite0 (ImageNet-pretrained, at the median short side rounded up to a
+  multiple of 32, 96-224 px) x batch 32 x lr {0.0005, 0.002} x flip {0, 0.5}, 6 epochs
+  (4 runs).
   Grid runs set --early-stop 0: they train every epoch and keep the best validation epoch.
   The oracle is the grid run with the best test top-1 (an upper bound no user could pick
   without the test set, which is the point).
@@ -120,21 +120,21 @@ def grid(photo: bool, quick: bool, side: int) -> list[Recipe]:
             Recipe("cnn-b32-lr0.002-flip0.5", base + ["--set", "transform.flip=0.5"]),
         ]
     recipes = []
-    # simple-cnn at photo sizes costs ~(side / 28) ** 2 the compute of Fashion-MNIST: on photo
-    # sets it trains at 64 px and only at batch 32, lr 0.002 (the 2-hour budget)
-    batches, lrs = ((32,), ("0.002",)) if photo else ((32, 128), ("0.002", "0.0005"))
-    size = ["--set", "backbone.input_size=64"] if photo else []
-    for batch in batches:
-        for lr in lrs:
+    if not photo:
+        # batch 128 at lr 0.0005 was dropped on 2026-12-03 to keep the suite inside its 2 hours:
+        # in the full run of 2026-12-02 it was never the oracle and ranked 6th-9th of 8 on every
+        # small-image set. simple-cnn on the photo sets went for the same reason (2 runs of ~3
+        # minutes each per set, 0.07-0.13 below the lite0 runs there).
+        for batch, lr in ((32, "0.002"), (32, "0.0005"), (128, "0.002")):
             for flip in ("0", "0.5"):
                 recipes.append(
                     Recipe(
                         f"cnn-b{batch}-lr{lr}-flip{flip}",
-                        ["--backbone", "simple-cnn", *size, "--batch-size", str(batch), "--lr", lr, "--epochs", "15"]
+                        ["--backbone", "simple-cnn", "--batch-size", str(batch), "--lr", lr, "--epochs", "15"]
                         + ["--early-stop", "0", "--set", f"transform.flip={flip}"],
                     )
                 )
-    if photo:
+    else:
         lite_size = max(96, min(224, 32 * -(-side // 32)))  # the data's scale, a multiple of 32
         for lr in ("0.0005", "0.002"):
             for flip in ("0", "0.5"):
