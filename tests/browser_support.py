@@ -39,7 +39,9 @@ def serve_in_thread(folder: Path, cache: Path) -> Iterator[str]:
     from pixdex.serve.service import Service
 
     pset = load_plugins(entry_points=[])
-    runtime = api.runtime_config(pset, flags={"runtime": {"device": "cpu", "workers": 0}}, environ={})
+    runtime = api.runtime_config(
+        pset, flags={"runtime": {"device": "cpu", "workers": 0, "engine": "torch"}}, environ={}
+    )
     app = create_app(Service(folder, pset, runtime, cache_dir=cache), reload_interval=0)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("PIXDEX_CRASH_AT", None)
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests run PyTorch unless they choose an engine: the default, auto, would export every tiny
+# model of the suite to ONNX on first use (tests/test_engine.py tests auto itself). Any export
+# that slips through lands in a throwaway cache, never in the developer's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="pixdex-test-cache-")
+PINNED_ENV = {"PIXDEX_ENGINE": "torch", "PIXDEX_CACHE_DIR": _CACHE}
+os.environ.update(PINNED_ENV)  # for session fixtures too, which start before the autouse one
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
 def _clean_pixdex_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start from no PIXDEX_* settings, whatever the developer's shell has."""
+    """Tests start from no PIXDEX_* settings but :data:`PINNED_ENV`, whatever the
+    developer's shell has."""
     for var in list(os.environ):
         if var.startswith("PIXDEX_"):
             monkeypatch.delenv(var)
+    for var, value in PINNED_ENV.items():
+        monkeypatch.setenv(var, value)
 
 
 @pytest.fixture
@@ -37,7 +52,8 @@ def pset() -> Any:
 
 def invoke(*args: str, plugins: Any = None, input: str | None = None, env: dict | None = None) -> Any:
     """Run `pixdex ARGS` in-process with CliRunner (built-in plugins only unless given);
-    stdout and stderr apart. Safe in session fixtures: PIXDEX_* variables are cleared."""
+    stdout and stderr apart. Safe in session fixtures: PIXDEX_* variables are reset to
+    :data:`PINNED_ENV` (``env`` overrides them)."""
     from click.testing import CliRunner
 
     from pixdex.cli import build_cli
@@ -47,6 +63,8 @@ def invoke(*args: str, plugins: Any = None, input: str | None = None, env: dict 
     with pytest.MonkeyPatch.context() as mp:
         for var in [v for v in os.environ if v.startswith("PIXDEX_")]:
             mp.delenv(var)
+        for var, value in PINNED_ENV.items():
+            mp.setenv(var, value)
         cli = build_cli(plugins if plugins is not None else load_plugins(entry_points=[]))
         return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
 
@@ -70,6 +88,7 @@ def run_pixdex(
 ) -> subprocess.CompletedProcess:
     """Run `python -m pixdex ARGS` in a real subprocess (for exit codes and import checks)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
+    full_env.update(PINNED_ENV)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "pixdex", *args],
@@ -172,7 +191,9 @@ def serve_client(folder: Path, *, token: str | None = None, limits: Any = None, 
     from pixdex.serve.service import Service
 
     pset = load_plugins(entry_points=[])
-    runtime = api.runtime_config(pset, flags={"runtime": {"device": "cpu", "workers": 0}}, environ={})
+    runtime = api.runtime_config(
+        pset, flags={"runtime": {"device": "cpu", "workers": 0, "engine": "torch"}}, environ={}
+    )
     service = Service(folder, pset, runtime, log=log or (lambda m: None), **service_kw)
     app = create_app(service, limits=limits, token=token, reload_interval=0, log=log or (lambda m: None))
     client = TestClient(app, raise_server_exceptions=True)

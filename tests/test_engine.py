@@ -114,3 +114,61 @@ def test_engine_misuse_is_one_line(trained, gallery, args, message, cache):
 def test_training_refuses_the_onnx_engine(gallery, tmp_path):
     result = invoke("train", str(gallery), "-o", str(tmp_path / "run"), "--engine", "onnx", *CPU_RUNTIME)
     assert result.exit_code == 2 and "training runs on PyTorch" in result.stderr
+
+
+# --- engine auto (the default) ----------------------------------------------------------------
+
+
+def test_auto_runs_onnx_on_the_cpu_only_where_it_can(monkeypatch):
+    import importlib.util
+
+    from pixdex.export.engine import auto_engine
+
+    assert auto_engine("cpu")[0] == "onnx"
+    assert auto_engine("cuda") == ("torch", "the model runs on cuda")
+    assert auto_engine("cpu", tta="flip")[0] == "torch"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert auto_engine("cpu")[0] == "torch"
+    monkeypatch.delenv("WORLD_SIZE")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    engine, why = auto_engine("cpu")
+    assert engine == "torch" and "onnxruntime not installed" in why and "pixdex[export]" in why
+
+
+def test_auto_exports_on_first_use_and_answers_like_pytorch(tiny_index, gallery, tmp_path):
+    auto = {"PIXDEX_ENGINE": "auto", "PIXDEX_CACHE_DIR": str(tmp_path / "cache")}
+    torch_rows, _ = run_json("search", str(tiny_index), *queries(gallery), "-k", "10", "--engine", "torch", env=auto)
+    auto_rows, err = run_json("search", str(tiny_index), *queries(gallery), "-k", "10", env=auto)
+    assert "exporting the model once" in err and (tmp_path / "cache" / "onnx").is_dir()
+    for a, b in zip(torch_rows, auto_rows, strict=True):
+        assert [m["id"] for m in a["matches"]] == [m["id"] for m in b["matches"]]
+
+
+def test_auto_with_test_time_flips_runs_pytorch_where_onnx_refuses(trained, gallery, tmp_path):
+    auto = {"PIXDEX_ENGINE": "auto", "PIXDEX_CACHE_DIR": str(tmp_path / "cache")}
+    rows, _ = run_json("predict", str(trained), *queries(gallery)[:2], "--tta", "flip", env=auto)
+    assert [r["tta"] for r in rows] == ["flip", "flip"] and not (tmp_path / "cache").exists()
+
+
+def test_auto_falls_back_to_pytorch_when_a_model_does_not_export(trained, gallery, tmp_path, monkeypatch):
+    import torch
+
+    attempts = []
+
+    def broken_export(*args, **kwargs):  # stands in for a backbone torch's exporter cannot trace
+        attempts.append(1)
+        raise RuntimeError("unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    env = {"PIXDEX_ENGINE": "auto", "PIXDEX_CACHE_DIR": str(tmp_path / "cache")}
+    images = queries(gallery)[:3]
+    expected, _ = run_json("predict", str(trained), *images, "--engine", "torch", env=env)
+    rows, err = run_json("predict", str(trained), *images, env=env)
+    assert rows == expected and "engine auto: running PyTorch: ONNX export of" in err
+    assert "RuntimeError: unsupported operator" in err
+    again, err = run_json("predict", str(trained), *images, env=env)
+    assert again == expected and "did not export to ONNX before" in err and len(attempts) == 1
+    # an explicit --engine onnx is not silently replaced: it fails in one line
+    result = invoke("predict", str(trained), *images, "--device", "cpu", "--workers", "0", "--engine", "onnx", env=env)
+    assert result.exit_code != 0 and "unsupported operator" in result.stderr and "Traceback" not in result.stderr

@@ -52,7 +52,8 @@ def _runtime_flags() -> list[Decorator]:
             type=click.Choice(["auto", "torch", "onnx"]),
             default=None,
             help="Inference through PyTorch or the model's ONNX export (CPU only; extra [export]; made "
-            "once into a user cache); auto is torch [runtime.engine]. Training always uses PyTorch.",
+            "once into a user cache). auto: onnx on the CPU when [export] is installed and the model "
+            "exports, else torch [runtime.engine]. Training always uses PyTorch.",
         ),
         click.option(
             "--batch-size",

@@ -2,7 +2,8 @@
 
 ``torch`` runs the PyTorch model; ``onnx`` runs the model's export (made on first use,
 verified like every `pixdex export`, into a user cache keyed by the weights' sha256 and the
-metric: never into the run or index folder); ``auto`` is :data:`AUTO_ENGINE_RULE`.
+metric: never into the run or index folder); ``auto`` (the default) is :func:`auto_engine`:
+``onnx`` where it can run and was measured faster, else ``torch``.
 
 The ONNX model plugs into the one inference loop (:mod:`pixdex.pipeline.inference`) as a
 pair: :class:`OnnxModel` in place of the placed pipeline, and :class:`UInt8Transform`
@@ -12,6 +13,7 @@ does, and leaves the uint8 batch for the graph, which normalises inside).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from pixdex.artifacts import atomic_write_bytes
 from pixdex.contracts import Transform
 from pixdex.device import Placement
 from pixdex.errors import ArtifactError, PixdexError, UsageError
@@ -26,10 +29,7 @@ from pixdex.pipeline.inference import inference_runtime, place_model
 from pixdex.pipeline.runs import LoadedRun, model_fingerprint
 
 ENGINES = ("auto", "torch", "onnx")
-# bench/export.py measured ONNX Runtime 2.2-5.5x faster than eager on the 2-core CPU, but
-# the first use exports into the user's cache; auto stays torch until that is the default
-# (docs/deploying.md)
-AUTO_ENGINE_RULE = "torch"
+EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the [export] extra
 
 
 def cache_root() -> Path:
@@ -41,21 +41,45 @@ def cache_root() -> Path:
     return Path(base) / "pixdex"
 
 
-def resolve_engine(engine: str, device_type: str) -> str:
-    """The engine to run: ``torch`` or ``onnx`` (refused off the CPU, in one line)."""
+def auto_engine(device_type: str, tta: str = "none") -> tuple[str, str]:
+    """What ``engine = auto`` runs, and why (one clause for the notice line).
+
+    ONNX Runtime on the CPU: bench/export.py measured it 2.2-5.5x PyTorch eager for every
+    model and batch size it runs (docs/deploying.md). PyTorch everywhere else: on an
+    accelerator, without the ``[export]`` extra, for test-time augmentation (the graph
+    includes the classifier, TTA averages before it) and under torchrun (the processes of
+    one machine would export into one cache entry at once)."""
+    if device_type != "cpu":
+        return "torch", f"the model runs on {device_type}"
+    if tta != "none":
+        return "torch", "--tta averages embeddings before the classifier"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torch", "torchrun processes run PyTorch"
+    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return "torch", f"{', '.join(missing)} not installed (pip install 'pixdex[export]')"
+    return "onnx", "ONNX Runtime on the CPU"
+
+
+def resolve_engine(engine: str, device_type: str, tta: str = "none") -> str:
+    """The engine to run: ``torch`` or ``onnx``. An explicit ``onnx`` is refused off the
+    CPU and with ``tta``, in one line; ``auto`` is :func:`auto_engine`."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine '{engine}': use {', '.join(ENGINES)}")
+    if engine == "auto":
+        return auto_engine(device_type, tta)[0]
     if engine == "onnx":
         if device_type != "cpu":
             raise UsageError(
                 f"--engine onnx runs on the CPU only (ONNX Runtime's CPU provider), not {device_type}; "
                 "use --device cpu, or --engine torch on the accelerator"
             )
+        if tta != "none":
+            raise UsageError("--tta averages embeddings before the classifier: use it with --engine torch")
         from pixdex.export.graph import require_export_libraries
 
         require_export_libraries()
-        return "onnx"
-    return "torch"  # auto: AUTO_ENGINE_RULE
+    return engine
 
 
 class UInt8Transform:
@@ -122,6 +146,12 @@ class OnnxModel:
         return self._last[1]
 
 
+def cache_entry(run: LoadedRun) -> Path:
+    """The cache folder of ``run``'s export (``failed.txt`` beside it when it cannot export)."""
+    metric = str(run.manifest.get("metric") or "cosine")
+    return cache_root() / "onnx" / f"{model_fingerprint(run)}-{metric}"
+
+
 def onnx_pair(
     run: LoadedRun, probe: Any, *, max_pixels: int, notify: Callable[[str], None] = lambda m: None
 ) -> tuple[OnnxModel, UInt8Transform]:
@@ -133,7 +163,7 @@ def onnx_pair(
     from pixdex.export.verify import session
 
     metric = str(run.manifest.get("metric") or "cosine")
-    folder = cache_root() / "onnx" / f"{model_fingerprint(run)}-{metric}"
+    folder = cache_entry(run)
     fresh = not (folder / "manifest.json").is_file()
     if not fresh:
         try:
@@ -148,6 +178,27 @@ def onnx_pair(
         export_folder(source, folder, probe, max_pixels=max_pixels, force=True, notify=notify)
     model = OnnxModel(session(folder / "model.onnx"), int(run.pipeline.backbone.embed_dim))
     return model, UInt8Transform(run.transform)
+
+
+def auto_onnx_pair(
+    run: LoadedRun, probe: Any, *, max_pixels: int, notify: Callable[[str], None]
+) -> tuple[OnnxModel, UInt8Transform] | None:
+    """:func:`onnx_pair` for ``engine = auto``: None (PyTorch, with a note) when this model
+    does not export or does not verify, remembered in the cache so that later commands do
+    not pay for the attempt again. An explicit ``--engine onnx`` fails instead."""
+    marker = cache_entry(run).with_name(cache_entry(run).name + ".failed.txt")
+    if marker.is_file():
+        notify(f"pixdex: engine auto: PyTorch, this model did not export to ONNX before (delete {marker} to retry)")
+        return None
+    try:
+        return onnx_pair(run, probe, max_pixels=max_pixels, notify=notify)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure means "run PyTorch", said aloud
+        text = str(exc) if isinstance(exc, PixdexError) else f"{type(exc).__name__}: {exc}"
+        reason = (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, (reason + "\n").encode())
+        notify(f"pixdex: engine auto: running PyTorch: {reason} (--engine torch skips the attempt)")
+        return None
 
 
 def engine_parts(
@@ -165,18 +216,27 @@ def engine_parts(
     and the run's transform, or for ``onnx`` the run's ONNX export (made once into a user
     cache, verified on up to 64 of ``keys``) and a transform that leaves the normalisation
     to the graph. ``runtime`` comes back with a concrete batch size."""
-    engine = runtime.get("engine", "torch")
-    if engine != "torch" and resolve_engine(engine, place.device_type) == "onnx":
+    engine = resolve_engine(runtime.get("engine", "torch"), place.device_type, tta)
+    if engine == "onnx":
         from pixdex.export.verify import Probe, spread
 
-        if tta != "none":
-            raise UsageError("--tta averages embeddings before the classifier: use it with --engine torch")
         probe = Probe(spread(list(keys), 64), opener, "the images at hand")
-        model, transform = onnx_pair(run, probe, max_pixels=max_pixels, notify=notify or (lambda m: None))
-        batch = runtime["batch_size"]
-        return model, transform, {**runtime, "batch_size": INFERENCE_BATCH_ONNX if batch == "auto" else batch}
+        pair = onnx_or_fallback(runtime, run, probe, max_pixels=max_pixels, notify=notify or (lambda m: None))
+        if pair is not None:
+            batch = runtime["batch_size"]
+            return *pair, {**runtime, "batch_size": INFERENCE_BATCH_ONNX if batch == "auto" else batch}
     model = place_model(run.pipeline, place)
     return model, run.transform, inference_runtime(runtime, model, run.transform, place)
+
+
+def onnx_or_fallback(
+    runtime: dict[str, Any], run: LoadedRun, probe: Any, *, max_pixels: int, notify: Callable[[str], None]
+) -> tuple[OnnxModel, UInt8Transform] | None:
+    """The ONNX pair for an engine that resolved to ``onnx``: an explicit ``onnx`` fails
+    with the exporter's error, ``auto`` falls back to PyTorch (None) with a note."""
+    if runtime.get("engine") == "auto":
+        return auto_onnx_pair(run, probe, max_pixels=max_pixels, notify=notify)
+    return onnx_pair(run, probe, max_pixels=max_pixels, notify=notify)
 
 
 INFERENCE_BATCH_ONNX = 64  # ONNX Runtime holds no autograd state: a fixed batch fits any CPU

@@ -155,16 +155,17 @@ class Service:
         """The placed PyTorch model and its transform, or for ``runtime.engine = onnx`` the
         model's ONNX export (made once into the user cache, verified on the index's items
         or the run's data) and a transform that leaves the normalisation to the graph."""
-        engine = self.runtime.get("engine", "torch")
-        if engine != "torch":
-            from pixdex.export.engine import onnx_pair, resolve_engine
+        from pixdex.export.engine import onnx_or_fallback, resolve_engine
+
+        if resolve_engine(self.runtime.get("engine", "torch"), self.place.device_type) == "onnx":
             from pixdex.export.folder import Source
             from pixdex.export.sources import default_probe
 
-            if resolve_engine(engine, self.place.device_type) == "onnx":
-                metric = index.metric if index is not None else str(run.manifest.get("metric") or "cosine")
-                probe = default_probe(Source("run", str(run.path), run, metric, index), self.pset, None)
-                return onnx_pair(run, probe, max_pixels=self.max_pixels, notify=self.log)
+            metric = index.metric if index is not None else str(run.manifest.get("metric") or "cosine")
+            probe = default_probe(Source("run", str(run.path), run, metric, index), self.pset, None)
+            pair = onnx_or_fallback(self.runtime, run, probe, max_pixels=self.max_pixels, notify=self.log)
+            if pair is not None:
+                return pair
         return place_model(run.pipeline, self.place), run.transform
 
     def reload_if_changed(self) -> str | None:
