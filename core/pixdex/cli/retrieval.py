@@ -23,15 +23,21 @@ from pixdex.errors import UsageError
 
 
 def _model_config(
-    app: App, model: str, params: dict[str, Any], sets: tuple[str, ...], preset: str | None, config_file: str | None
+    app: App,
+    model: str | None,
+    params: dict[str, Any],
+    sets: tuple[str, ...],
+    preset: str | None,
+    config_file: str | None,
 ) -> Config:
-    """Config for commands that take MODEL: a run folder fixes backbone/transform/loss."""
+    """Config for commands that take MODEL: a run folder fixes backbone/transform/loss
+    (None: no MODEL, for `index build --from-embeddings` without one)."""
     from pixdex.retrieval.models import is_run_folder, model_layer
 
     flags = flags_layer(params)
     if params.get("metric"):
         flags.setdefault("retrieval", {})["metric"] = params["metric"]
-    if is_run_folder(model):
+    if model is not None and is_run_folder(model):
         # a run's weights are safetensors: nothing to trust, and its backbone is fixed
         flags.get("backbone", {}).pop("trust_checkpoint", None)
         fixed = {s for s in parse_assignments(list(sets)) if s in ("backbone", "transform", "loss", "train")}
@@ -40,7 +46,7 @@ def _model_config(
                 f"{model} is a run folder: its {', '.join(sorted(fixed))} settings are fixed; "
                 f"only runtime, index and retrieval keys can be set"
             )
-    for section, values in model_layer(model).items():
+    for section, values in (model_layer(model) if model is not None else {}).items():
         flags.setdefault(section, {}).update(values)
     config = api.configure(app.plugins, preset=preset, config_file=config_file, flags=flags, sets=list(sets))
     for line in config.notes:
@@ -169,12 +175,20 @@ def index_group() -> None:
 
 
 @index_group.command("build")
-@click.argument("model")
-@click.argument("data")
+@click.argument("model", required=False)
+@click.argument("data", required=False)
 @click.option(
     "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="The index folder to write."
 )
 @click.option("--force", is_flag=True, help="Replace an existing index in -o.")
+@click.option(
+    "--from-embeddings",
+    "from_embeddings",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Index embeddings made before instead of embedding DATA: the folder `pixdex embed` wrote, an "
+    "index folder, or embeddings.npy + items.jsonl from any tool. MODEL is then optional.",
+)
 @config_options
 @index_options
 @data_options
@@ -182,10 +196,11 @@ def index_group() -> None:
 @pass_app
 def build_cmd(
     app: App,
-    model: str,
-    data: str,
+    model: str | None,
+    data: str | None,
     out_dir: str,
     force: bool,
+    from_embeddings: str | None,
     config_file: str | None,
     preset: str | None,
     sets: tuple[str, ...],
@@ -206,13 +221,29 @@ def build_cmd(
 
     MODEL is a run folder from `pixdex train`, or a backbone spec such as
     timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
-    """
-    from pixdex.retrieval.indexing import build
 
+    With --from-embeddings DIR nothing is embedded: pixdex index build --from-embeddings
+    DIR [MODEL] -o INDEX_DIR. The model recorded is MODEL, else the run folder DIR names;
+    it must have made those embeddings (their dim, and their weights where DIR records
+    them). Without one the index holds no model ("external"): search it with --vectors
+    or --id; commands that embed images refuse it.
+    """
+    from pixdex.retrieval.indexing import build, build_from_embeddings
+
+    if from_embeddings is None and (model is None or data is None):
+        raise UsageError("give MODEL and DATA, or --from-embeddings DIR [MODEL]")
+    if from_embeddings is not None and data is not None:
+        raise UsageError("--from-embeddings indexes embeddings made before: give at most MODEL, not DATA")
     config = _model_config(app, model, params, sets, preset, config_file)
     opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
     try:
-        result = build(model, data, out_dir, app.plugins, config, opts, force=force)
+        if from_embeddings is not None:
+            result = build_from_embeddings(
+                from_embeddings, out_dir, app.plugins, config, opts, model_spec=model, force=force
+            )
+        else:
+            assert model is not None and data is not None
+            result = build(model, data, out_dir, app.plugins, config, opts, force=force)
     finally:
         opts.world.close()
     if not opts.world.is_main:
@@ -334,6 +365,14 @@ def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
     multiple=True,
     help="Query by an item already in the index (its stored embedding; repeatable): more like this.",
 )
+@click.option(
+    "--vectors",
+    "vectors_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Query by vectors instead of images: a .npy of float [queries, dim] (or one [dim] row), "
+    "made by the index's model; no model is loaded. Works on indexes built from external embeddings.",
+)
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Matches per query [default: retrieval.k, 10].")
 @click.option(
     "--model",
@@ -357,6 +396,7 @@ def search_cmd(
     index_dir: str,
     queries: tuple[str, ...],
     item_ids: tuple[int, ...],
+    vectors_file: str | None,
     k: int,
     model_override: str | None,
     html_file: str | None,
@@ -368,7 +408,8 @@ def search_cmd(
     **params: Any,
 ) -> None:
     """Find the images in INDEX_DIR most similar to each QUERY (image files or folders),
-    or to indexed items (--id ID: more like this, the item itself left out).
+    to indexed items (--id ID: more like this, the item itself left out), or to the rows
+    of a .npy file (--vectors FILE).
 
     Scores: cosine similarity for cosine indexes, the dot product for ip, minus the
     euclidean distance for l2; higher is more similar.
@@ -376,8 +417,15 @@ def search_cmd(
     from pixdex.retrieval.search import search
 
     runtime = runtime_for(app, params, sets, "search")
-    if bool(queries) == bool(item_ids):
-        raise UsageError("give QUERY images or --id ID (an indexed item), not both and not neither")
+    if sum(map(bool, (queries, item_ids, vectors_file))) != 1:
+        raise UsageError("give QUERY images, --id ID (an indexed item) or --vectors FILE: exactly one of them")
+    if vectors_file:
+        from pixdex.retrieval.search import search_vectors
+
+        if html_file or model_override:
+            raise UsageError("--vectors queries need no model and have no images: --html and --model do not apply")
+        emit_matches(search_vectors(index_dir, vectors_file, app.plugins, k=k or runtime["k"]), fmt, as_json)
+        return
     if item_ids:
         from pixdex.retrieval.by_item import similar
         from pixdex.retrieval.index_folder import open_index

@@ -202,6 +202,11 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], str]:
     return tuple(shape), dtype.str
 
 
+def is_external(manifest: dict[str, Any]) -> bool:
+    """Whether an index was built from embeddings without a model (``--from-embeddings``)."""
+    return (manifest.get("model") or {}).get("kind") == "external"
+
+
 def verify(folder: Path, manifest: dict[str, Any]) -> None:
     """Refuse any mismatch between the manifest and the files, with one line each."""
     where = str(folder)
@@ -221,7 +226,9 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     if manifest.get("metric") not in METRICS:
         raise ArtifactError(f"{where}: manifest metric {manifest.get('metric')!r} is not one of {', '.join(METRICS)}")
     files = manifest.get("files") or {}
-    for required in ("embeddings.npy", "items.jsonl", "model/model.safetensors", "model/pixdex.json"):
+    external = is_external(manifest)  # built from embeddings without a model: none to check
+    model_files = () if external else ("model/model.safetensors", "model/pixdex.json")
+    for required in ("embeddings.npy", "items.jsonl", *model_files):
         if required not in files:
             raise ArtifactError(f"{where}: the manifest lists no {required}; rebuild the index")
     for name, fact in files.items():
@@ -251,7 +258,7 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
         raise ArtifactError(
             f"{where}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}"
         )
-    if files["model/model.safetensors"]["sha256"] != manifest["model"]["sha256"]:
+    if not external and files["model/model.safetensors"]["sha256"] != manifest["model"]["sha256"]:
         raise ArtifactError(f"{where}: model/model.safetensors is not the model the index was built with")
     if manifest["model"].get("embed_dim") != manifest["dim"]:
         raise ArtifactError(

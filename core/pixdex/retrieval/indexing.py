@@ -11,15 +11,17 @@ import numpy as np
 
 from pixdex.artifacts import FolderWriter, crash_point, jsonl_bytes, reading
 from pixdex.config import Config
+from pixdex.contracts import METRICS
 from pixdex.device import placement
 from pixdex.errors import PixdexError
-from pixdex.pipeline.runs import LoadedRun, load_run, now
+from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
 from pixdex.retrieval.index_folder import (
     IndexContents,
     commit_index,
     index_size_on_disk,
+    is_external,
     new_items,
     number_rows,
     open_index,
@@ -27,7 +29,8 @@ from pixdex.retrieval.index_folder import (
     resolve_metric,
     verify,
 )
-from pixdex.retrieval.models import open_model, stage_model
+from pixdex.retrieval.models import is_run_folder, open_model, stage_model
+from pixdex.retrieval.search import index_model
 from pixdex.world import World
 
 
@@ -137,10 +140,7 @@ def build(
 ) -> dict[str, Any]:
     """Embed DATA with MODEL and commit a new index folder."""
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not force:
-        raise PixdexError(
-            f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it"
-        )
+    _refuse_existing(out_dir, force)
     run = open_model(model_spec, pset, config)
     metric = resolve_metric(config, run)
     opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
@@ -159,6 +159,90 @@ def build(
             writer, pset, config, contents, metric=metric, model_record=model_record, created=now(), notify=opts.notify
         )
     return {**info_record(out_dir, _committed(out_dir)), "skipped_entries": skipped}
+
+
+def _refuse_existing(out_dir: Path, force: bool) -> None:
+    if (out_dir / "manifest.json").exists() and not force:
+        raise PixdexError(
+            f"{out_dir} already holds an index; use `pixdex index add` to extend it or --force to replace it"
+        )
+
+
+def build_from_embeddings(
+    source_dir: str | Path,
+    out_dir: str | Path,
+    pset: PluginSet,
+    config: Config,
+    opts: Options,
+    *,
+    model_spec: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """`index build --from-embeddings DIR [MODEL]`: commit an index folder over embeddings
+    made elsewhere (:mod:`pixdex.retrieval.precomputed`), without embedding anything.
+
+    The model is MODEL, else the one the source records when it is a run folder here;
+    either must make embeddings of the source's dim and, where the source recorded its
+    weights' sha256, have those weights. Without one the index is marked ``external``:
+    it holds no model, and the commands that embed images refuse it
+    (:func:`pixdex.retrieval.search.index_model`)."""
+    from pixdex.retrieval.precomputed import read_precomputed
+
+    out_dir = Path(out_dir)
+    _refuse_existing(out_dir, force)
+    pre = read_precomputed(source_dir, notify=opts.notify)
+    run = precomputed_model(pre, model_spec, pset, config, opts.notify)
+    metric = config["retrieval"]["metric"]
+    if metric == "auto":
+        metric = pre.metric or (run.manifest.get("metric") if run is not None else None) or "cosine"
+    if metric not in METRICS:
+        raise PixdexError(f"Unknown metric '{metric}': use auto, {', '.join(METRICS)}")
+    items = number_rows(pre.items)
+    contents = IndexContents(pre.embeddings, items, max(it["id"] for it in items) + 1, [])
+    with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
+        record = stage_model(writer, run) if run is not None else external_model_record(pre)
+        commit_index(
+            writer, pset, config, contents, metric=metric, model_record=record, created=now(), notify=opts.notify
+        )
+    return {**info_record(out_dir, _committed(out_dir)), "skipped_entries": []}
+
+
+def precomputed_model(
+    pre: Any, model_spec: str | None, pset: PluginSet, config: Config, notify: Callable[[str], None]
+) -> LoadedRun | None:
+    """The model to record for precomputed embeddings ``pre``, or None (external)."""
+    spec = model_spec or pre.model_spec
+    if spec is None or (model_spec is None and not is_run_folder(spec)):
+        named = f"names the model {spec!r}, not a run folder here" if spec else "names no model"
+        notify(
+            f"pixdex: note: {pre.source} {named}: the index is marked external (it holds no model; "
+            "search it with --vectors or --id, or give MODEL to record one)"
+        )
+        return None
+    run = open_model(spec, pset, config)
+    dim = int(run.pipeline.backbone.embed_dim)
+    if dim != pre.dim:
+        raise PixdexError(f"{spec} makes {dim}-dim embeddings but {pre.source} holds {pre.dim}-dim ones")
+    if pre.model_sha256 and model_fingerprint(run) != pre.model_sha256:
+        raise PixdexError(
+            f"{spec} is not the model that made the embeddings in {pre.source} (its weights' sha256 "
+            "differs): give that model, or no MODEL to mark the index external"
+        )
+    if not pre.model_sha256:
+        notify(f"pixdex: note: {pre.source} does not record which weights made it: {spec} is taken on trust")
+    return run
+
+
+def external_model_record(pre: Any) -> dict[str, Any]:
+    """The manifest's model record of an index without a model."""
+    return {
+        "kind": "external",
+        "source": pre.model_spec,
+        "sha256": pre.model_sha256,  # lets `--model` prove itself later, when it was recorded
+        "embed_dim": pre.dim,
+        "classes": [],
+        "loss": None,
+    }
 
 
 def _is_embeddings_folder(folder: Path) -> bool:
@@ -205,7 +289,9 @@ def _carried(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
     """Embed only images whose sha256 the index lacks, then rebuild the ANN from all rows."""
     folder = Path(index_dir)
-    open_index(folder, pset)  # verifies before anything is written
+    opened = open_index(folder, pset)  # verifies before anything is written
+    if is_external(opened.manifest):
+        index_model(opened, pset, purpose="`index add` of images")  # refuses, in one line
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
         run = load_run(folder / "model", pset)
@@ -346,7 +432,9 @@ def embed_to_folder(
                 "created": now(),
                 "count": len(items),
                 "dim": int(embedded.embeddings.shape[1]),
-                "model": model_spec,
+                "model": str(run.path.resolve()) if is_run_folder(model_spec) else model_spec,
+                "model_sha256": model_fingerprint(run),  # checked by `index build --from-embeddings`
+                "metric": str(run.manifest.get("metric") or "cosine"),
                 "data": data_spec,
                 "files": files,
             }

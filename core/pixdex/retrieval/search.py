@@ -13,21 +13,34 @@ from pixdex.errors import ArtifactError, PixdexError
 from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import embed_keys
-from pixdex.retrieval.index_folder import OpenIndex, open_index
+from pixdex.retrieval.index_folder import OpenIndex, is_external, open_index
 
 
-def index_model(index: OpenIndex, pset: PluginSet, override: str | None = None) -> LoadedRun:
-    """The index's own model (model/), or ``override`` when it provably is the same model."""
+def index_model(
+    index: OpenIndex, pset: PluginSet, override: str | None = None, purpose: str = "embedding images"
+) -> LoadedRun:
+    """The index's own model (model/), or ``override`` when it provably is the same model.
+
+    An external index (built ``--from-embeddings`` without a model) has none: ``purpose``
+    is refused in one line unless ``override`` makes embeddings of the index's dim (and,
+    when the index recorded its embedder's sha256, has those weights)."""
+    stored = index.manifest["model"]
+    external = is_external(index.manifest)
     if override is None:
+        if external:
+            raise PixdexError(
+                f"{index.path} was built from embeddings without a model, and {purpose} needs one: "
+                "give --model RUN (the model that made them), search with --vectors FILE.npy or --id, "
+                "or rebuild with `pixdex index build --from-embeddings DIR MODEL`"
+            )
         return load_run(index.path / "model", pset)
     run = load_run(override, pset)
-    stored = index.manifest["model"]
     problems = []
     if int(run.pipeline.backbone.embed_dim) != index.dim:
         problems.append(f"it embeds {run.pipeline.backbone.embed_dim} dims, the index {index.dim}")
-    if run.manifest.get("data_config") != stored.get("data_config"):
+    if not external and run.manifest.get("data_config") != stored.get("data_config"):
         problems.append("its data config (input size, mean, std) differs")
-    if model_fingerprint(run) != stored["sha256"]:
+    if stored.get("sha256") and model_fingerprint(run) != stored["sha256"]:
         problems.append("its weights' sha256 differs")
     if problems:
         raise ArtifactError(
@@ -108,6 +121,22 @@ def search(
     ids, scores = neighbours(index, vectors, k)
     rows = [{"query": q, "matches": ranked_matches(index, i, s)} for q, i, s in zip(paths, ids, scores)]
     return rows, skipped, index
+
+
+def search_vectors(
+    index_dir: str | Path, vectors_file: str | Path, pset: PluginSet, *, k: int = 10
+) -> list[dict[str, Any]]:
+    """Ranked matches for each row of a .npy of query vectors (made by the index's model,
+    or any model for an index built from external embeddings): no model is loaded."""
+    from pixdex.retrieval.precomputed import load_vectors
+
+    index = open_index(index_dir, pset)
+    vectors = load_vectors(vectors_file, index.dim)
+    ids, scores = neighbours(index, vectors, k)
+    name = Path(vectors_file).name
+    return [
+        {"query": f"{name}#{q}", "matches": ranked_matches(index, i, s)} for q, (i, s) in enumerate(zip(ids, scores))
+    ]
 
 
 def vote(matches: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

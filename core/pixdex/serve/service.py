@@ -32,7 +32,7 @@ from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval import by_item
 from pixdex.retrieval.index_folder import OpenIndex, open_index
-from pixdex.retrieval.search import neighbours, ranked_matches, vote
+from pixdex.retrieval.search import index_model, neighbours, ranked_matches, vote
 
 THUMB_SIZE = 160
 # how a refused upload maps onto HTTP: the image is too big, not an image, or broken
@@ -137,7 +137,7 @@ class Service:
                 # the same weights: no reload of the model
                 run, model, transform = previous.run, previous.model, previous.transform
             else:
-                run = load_run(self.folder / "model", self.pset)
+                run = index_model(index, self.pset, purpose="serve (it embeds uploads)")
                 model, transform = self._engine(run, index)
             digest = index.manifest["digest"]
             return Snapshot("index", self.folder, run, model, index, digest, signature, version, sha, transform)
