@@ -1,4 +1,4 @@
-"""The built-in index plugins, flat (exact, torch) and annoy (approximate), built through
+"""The built-in index plugins, flat (exact, torch), annoy and hnsw (approximate), built through
 the real plugin manager and checked against a float64 numpy brute force.
 
 Everything is small, offline and writes real index files under tmp_path.
@@ -22,7 +22,10 @@ from hypothesis import strategies as st
 from pixdex.errors import ConfigError, MissingDependencyError, PluginError
 
 METRICS = ("cosine", "l2", "ip")
-PLUGINS = ("flat", "annoy")
+PLUGINS = ("flat", "annoy", "hnsw")
+# small, quick options per plugin for the shared tests
+SMALL = {"flat": {"chunk_size": 64}, "annoy": {"n_trees": 4}, "hnsw": {"connectivity": 8}}
+FILES = {"flat": ["flat.npy"], "annoy": ["index.ann", "annoy.json"], "hnsw": ["index.usearch", "hnsw.json"]}
 
 
 def data(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -183,13 +186,13 @@ def test_k_larger_than_collection_pads(pset: Any, name: str, metric: str) -> Non
 def test_save_load_round_trip(pset: Any, tmp_path: Path, name: str, metric: str, mmap: bool) -> None:
     x, q = data(500, 16), data(40, 16, seed=1)
     q.setflags(write=False)  # as when queries come from a memory-mapped embeddings.npy
-    opts = {"chunk_size": 64} if name == "flat" else {"n_trees": 4}
+    opts = SMALL[name]
     index = pset.registry.build("index", name, opts, dim=16, metric=metric)
     index.build(x)
     before = index.search(q, 12)
     params = index.params
     files = index.save(tmp_path)
-    assert files == (["flat.npy"] if name == "flat" else ["index.ann", "annoy.json"])
+    assert files == FILES[name]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
     np.testing.assert_array_equal(index.search(q, 12)[0], before[0])  # still usable after save
 
@@ -281,7 +284,11 @@ def test_params_are_json(pset: Any, name: str) -> None:
     index.build(data(30, 4))
     text = json.dumps(index.params)
     assert json.loads(text) == index.params
-    expected = {"chunk_size", "device"} if name == "flat" else {"n_trees", "search_k", "recall_at_10", "recall_queries"}
+    expected = {
+        "flat": {"chunk_size", "device"},
+        "annoy": {"n_trees", "search_k", "recall_at_10", "recall_queries"},
+        "hnsw": {"connectivity", "ef", "recall_at_10", "recall_queries"},
+    }[name]
     assert expected <= set(index.params)
 
 
@@ -300,6 +307,10 @@ def test_unknown_option_is_refused(pset: Any, name: str) -> None:
         ("annoy", {"search_k": -2}, "search_k"),
         ("annoy", {"target_recall": 1.5}, "target_recall"),
         ("annoy", {"build_threads": 0}, "build_threads"),
+        ("hnsw", {"connectivity": 1}, "connectivity"),
+        ("hnsw", {"ef": 0}, "'ef'"),
+        ("hnsw", {"dtype": "f8"}, "dtype"),
+        ("hnsw", {"target_recall": 0}, "target_recall"),
     ],
 )
 def test_bad_option_values_are_refused(pset: Any, name: str, values: dict, match: str) -> None:
@@ -333,13 +344,19 @@ def test_missing_annoy_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyP
         pset.registry.build("index", "annoy", {}, dim=4, metric="l2")
 
 
+def test_missing_usearch_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "usearch.index", None)
+    with pytest.raises(MissingDependencyError, match=r"the 'hnsw' index needs the 'usearch' package.*pixdex\[hnsw\]"):
+        pset.registry.build("index", "hnsw", {}, dim=4, metric="l2")
+
+
 def test_plugin_modules_import_no_heavy_library() -> None:
-    # `pixdex --help` loads every plugin: registering must not import torch, annoy or numpy
+    # `pixdex --help` loads every plugin: registering must not import torch, annoy, usearch or numpy
     code = (
-        "import sys, pixdex_flat, pixdex_annoy\n"
+        "import sys, pixdex_flat, pixdex_annoy, pixdex_hnsw\n"
         "from pixdex.plugins import load_plugins\n"
-        "load_plugins(entry_points=[]).registry.get('index', 'annoy')\n"
-        "print(sorted(m for m in ('torch', 'annoy', 'numpy') if m in sys.modules))\n"
+        "load_plugins(entry_points=[]).registry.get('index', 'hnsw')\n"
+        "print(sorted(m for m in ('torch', 'annoy', 'usearch', 'numpy') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
@@ -351,7 +368,7 @@ def test_plugin_modules_import_no_heavy_library() -> None:
 def test_concurrent_searches_equal_serial(pset: Any, tmp_path: Path) -> None:
     x, q = data(2000, 16), data(400, 16, seed=1)
     indexes = []
-    for name, opts in (("annoy", {"n_trees": 5}), ("flat", {"chunk_size": 300})):
+    for name, opts in (("annoy", {"n_trees": 5}), ("flat", {"chunk_size": 300}), ("hnsw", {"connectivity": 8})):
         built = pset.registry.build("index", name, opts, dim=16, metric="cosine")
         built.build(x)
         (tmp_path / name).mkdir()
@@ -381,3 +398,34 @@ def test_flat_device_is_resolved_by_the_core(pset: Any) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError):
             pset.registry.build("index", "flat", {"device": "cuda"}, dim=4, metric="l2")
+
+
+# --- hnsw: ef auto-tuning -------------------------------------------------------------------
+
+
+def test_hnsw_tunes_the_smallest_ef_reaching_the_target(pset: Any) -> None:
+    from pixdex.plugin_api import measure_recall, sample_ids
+    from pixdex_hnsw.index import ef_candidates
+
+    x = data(3000, 32)
+    index = pset.registry.build("index", "hnsw", {"connectivity": 4, "expansion_add": 16}, dim=32, metric="l2")
+    index.build(x)
+    params = index.params
+    assert params["ef_tuned"] and params["recall_at_10"] >= 0.95 and params["recall_queries"] == 200
+    candidates = ef_candidates(3000)
+    position = candidates.index(params["ef"])
+    assert position > 0, "this sparse graph should need more than ef = k"
+    below = measure_recall(index, x, sample_ids(3000, 200, 0), candidates[position - 1])
+    assert below < 0.95  # the one below misses the target: the smallest that reaches it was kept
+
+
+def test_hnsw_given_ef_is_kept_and_measured_and_full_depth_is_exact(pset: Any) -> None:
+    x, q = data(400, 8), data(20, 8, seed=1)
+    index = pset.registry.build("index", "hnsw", {"ef": 400, "tune_queries": 50}, dim=8, metric="cosine")
+    index.build(x)
+    assert index.params["ef"] == 400 and not index.params["ef_tuned"] and index.params["recall_at_10"] == 1.0
+    ids, scores = index.search(q, 10)
+    check_exact(ids, scores, x, q, 10, "cosine")
+    one = index.search(q[:1], 10)  # usearch answers a single query with another type
+    np.testing.assert_array_equal(one[0], ids[:1])
+    np.testing.assert_array_equal(one[1], scores[:1])

@@ -10,6 +10,7 @@ from pixdex.errors import MissingDependencyError
 # module name -> what to pip install to get it
 INSTALL_HINTS: dict[str, str] = {
     "annoy": "pip install annoy",
+    "usearch": "pip install 'pixdex[hnsw]'",
     "matplotlib": "pip install 'pixdex[plots]'",
     "sklearn": "pip install 'pixdex[dev]'",
     "starlette": "pip install 'pixdex[serve]'",

@@ -20,6 +20,8 @@ Images (lazy, Pillow):
     open_image, list_images, has_image_extension, skip_entry, ImageSkip
 Vectors (lazy, numpy):
     check_matrix, normalise, check_metric, check_dim
+Recall against exact search, for indexes that tune a search effort (lazy, numpy):
+    measure_recall, exact_topk, sample_ids, rank_keys, TUNE_K
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ _LAZY = {
     "normalise": "pixdex.vectors",
     "check_metric": "pixdex.vectors",
     "check_dim": "pixdex.vectors",
+    "TUNE_K": "pixdex.recall",
+    "sample_ids": "pixdex.recall",
+    "rank_keys": "pixdex.recall",
+    "exact_topk": "pixdex.recall",
+    "measure_recall": "pixdex.recall",
 }
 
 __all__ = [
