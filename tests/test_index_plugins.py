@@ -429,3 +429,19 @@ def test_hnsw_given_ef_is_kept_and_measured_and_full_depth_is_exact(pset: Any) -
     one = index.search(q[:1], 10)  # usearch answers a single query with another type
     np.testing.assert_array_equal(one[0], ids[:1])
     np.testing.assert_array_equal(one[1], scores[:1])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_hnsw_add_grows_a_loaded_index_like_a_build(pset: Any, tmp_path: Path, metric: str) -> None:
+    x, q = data(600, 8), data(20, 8, seed=1)
+    first = pset.registry.build("index", "hnsw", {"ef": 600}, dim=8, metric=metric)
+    first.build(x[:400])
+    first.save(tmp_path)
+    grown = pset.registry.build("index", "hnsw", {}, dim=8, metric=metric)
+    grown.load(tmp_path, mmap=False)
+    grown.add(x[400:], all_vectors=x)
+    assert len(grown) == 600 and grown.params["recall_at_10"] == 1.0
+    ids, scores = grown.search(q, 10)
+    check_exact(ids, scores, x, q, 10, metric)  # ef = N: exact over old and new rows
+    with pytest.raises(ValueError, match="all_vectors has 600 rows, expected 600 \\+ 1"):
+        grown.add(x[:1], all_vectors=x)

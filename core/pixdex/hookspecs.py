@@ -69,6 +69,12 @@ def register_indexes(register: Register) -> None:
     ``search(float32[Q, D], k) -> (int64[Q, k], float32[Q, k])`` (higher score is more
     similar; id -1 pads when k > N), ``save(staging_dir) -> list[str]`` (file names it
     wrote) and ``load(dir, mmap=True)``, called only after the core verified the manifest.
+
+    Optional: ``add(vectors, *, all_vectors)`` appends rows as ids ``len(index)``... to an
+    index loaded with ``mmap=False`` (``all_vectors``: every row, for re-measuring recall);
+    `index add` then grows the committed index instead of building it again from every row,
+    which stays the fallback for plugins without it (and for `index remove`, which renumbers
+    rows).
     """
 
 

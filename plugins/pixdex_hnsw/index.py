@@ -110,6 +110,26 @@ class HnswIndex:
         index.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors), threads=self.threads)
         self._index = index
         self.n_items = len(vectors)
+        self._calibrate(vectors)
+
+    def add(self, vectors: np.ndarray, *, all_vectors: np.ndarray) -> None:
+        """Insert ``vectors`` as ids len(self).. without rebuilding the graph (the optional
+        ``add`` of the index contract), then tune or measure ``ef`` again on ``all_vectors``
+        (every row, the new ones last), since a bigger graph may need a deeper search."""
+        if self._index is None:
+            raise RuntimeError("index 'hnsw' is empty: call build() or load() first")
+        vectors = check_matrix(vectors, self.dim, "vectors")
+        all_vectors = check_matrix(all_vectors, self.dim, "all_vectors")
+        if len(all_vectors) != self.n_items + len(vectors):
+            raise ValueError(f"all_vectors has {len(all_vectors)} rows, expected {self.n_items} + {len(vectors)}")
+        if self.metric == "cosine":
+            vectors, all_vectors = normalise(vectors), normalise(all_vectors)
+        keys = np.arange(self.n_items, self.n_items + len(vectors), dtype=np.uint64)
+        self._index.add(keys, np.ascontiguousarray(vectors), threads=self.threads)
+        self.n_items += len(vectors)
+        self._calibrate(all_vectors)
+
+    def _calibrate(self, vectors: np.ndarray) -> None:
         sample = sample_ids(len(vectors), self.tune_queries, self.seed)
         truth = exact_topk(vectors, vectors[sample], TUNE_K, self.metric)
         self.recall_queries = len(sample)

@@ -58,6 +58,26 @@ def read_items(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def grow_ann(
+    pset: PluginSet, config: Config, embeddings: np.ndarray, metric: str, previous: tuple[Path, int] | None
+) -> Any:
+    """The ANN over ``embeddings``: the committed one (``previous``: its ``index/`` folder
+    and row count) extended by the rows after it when the plugin has the optional ``add``
+    method and the old rows are unchanged; else built from every row."""
+    name, opts = config.component("index")
+    if previous is not None and 0 < previous[1] < len(embeddings):
+        index = pset.registry.build("index", name, opts, dim=int(embeddings.shape[1]), metric=metric)
+        if callable(getattr(index, "add", None)):
+            vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+            try:
+                index.load(previous[0], mmap=False)  # a private, writable copy: the committed file stays as it is
+                index.add(vectors[previous[1] :], all_vectors=vectors)
+            except ValueError as exc:
+                raise PixdexError(f"index '{name}' could not add the new rows: {exc}") from None
+            return index
+    return build_ann(pset, config, embeddings, metric)
+
+
 def build_ann(pset: PluginSet, config: Config, embeddings: np.ndarray, metric: str) -> Any:
     name, opts = config.component("index")
     if len(embeddings) == 0:
@@ -91,10 +111,12 @@ def commit_index(
     created: str,
     carried_files: dict[str, dict[str, Any]] | None = None,
     notify: Callable[[str], None] = lambda m: None,
+    previous: tuple[Path, int] | None = None,
 ) -> dict[str, Any]:
-    """Build the ANN over ``contents`` and commit every file plus the manifest together."""
+    """Build the ANN over ``contents`` (or grow the committed one, :func:`grow_ann`) and
+    commit every file plus the manifest together."""
     name, opts = config.component("index")
-    ann = build_ann(pset, config, contents.embeddings, metric)
+    ann = grow_ann(pset, config, contents.embeddings, metric, previous)
     crash_point("index:built")
     save_npy(writer, "embeddings.npy", contents.embeddings)
     writer.write_bytes("items.jsonl", jsonl_bytes(contents.items))

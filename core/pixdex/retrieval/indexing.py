@@ -287,7 +287,8 @@ def _carried(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
-    """Embed only images whose sha256 the index lacks, then rebuild the ANN from all rows."""
+    """Embed only images whose sha256 the index lacks, then grow the ANN by them (index
+    plugins with the optional ``add``) or rebuild it from all rows (the others)."""
     folder = Path(index_dir)
     opened = open_index(folder, pset)  # verifies before anything is written
     if is_external(opened.manifest):
@@ -316,6 +317,7 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
             created=manifest["created"],
             carried_files=_carried(manifest),
             notify=opts.notify,
+            previous=(folder / "index", len(embeddings)),  # rows are appended: plugins with `add` grow
         )
     return {**info_record(folder, _committed(folder)), "added": len(added), "skipped_entries": skipped}
 
