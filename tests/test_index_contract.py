@@ -77,10 +77,9 @@ def test_search_finds_the_nearest_rows(plugins, name, metric):
     if name in EXACT:
         assert got == 1.0
     else:
-        # the promise: recall@10 >= target on the sampled rows it tuned on, recorded;
-        # held-out queries of this hard data (16-d gaussian) only get a sanity floor, as
-        # tuning on indexed rows counts each row's match with itself (bench/README.md)
-        assert index.params["recall_at_10"] >= 0.95 and got >= 0.8, (index.params, got)
+        # the promise: recall@10 >= target where it tuned (recorded), and about that for
+        # new queries (both tuners leave a query's own row out; hnsw tunes on held-out rows)
+        assert index.params["recall_at_10"] >= 0.95 and got >= 0.93, (index.params, got)
 
 
 @pytest.mark.parametrize("name", INDEXES)

@@ -21,7 +21,7 @@ Images (lazy, Pillow):
 Vectors (lazy, numpy):
     check_matrix, normalise, check_metric, check_dim
 Recall against exact search, for indexes that tune a search effort (lazy, numpy):
-    measure_recall, exact_topk, sample_ids, rank_keys, TUNE_K
+    measure_recall, recall_truth, held_out_sample, exact_topk, sample_ids, rank_keys, TUNE_K
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ _LAZY = {
     "sample_ids": "pixdex.recall",
     "rank_keys": "pixdex.recall",
     "exact_topk": "pixdex.recall",
+    "recall_truth": "pixdex.recall",
+    "held_out_sample": "pixdex.recall",
     "measure_recall": "pixdex.recall",
 }
 

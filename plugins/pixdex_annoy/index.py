@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pixdex.plugin_api import check_dim, check_matrix, check_metric, normalise
-from pixdex_annoy.tuning import TUNE_K, exact_topk, measure_recall, sample_ids, search_k_candidates
+from pixdex_annoy.tuning import measure_recall, recall_truth, sample_ids, search_k_candidates
 
 ANNOY_METRIC: dict[str, str] = {"cosine": "angular", "l2": "euclidean", "ip": "dot"}
 INDEX_FILE = "index.ann"
@@ -96,7 +96,7 @@ class AnnoyIndex:
 
     def _calibrate(self, vectors: np.ndarray) -> None:
         sample = sample_ids(len(vectors), self.tune_queries, self.seed)
-        truth = exact_topk(vectors, vectors[sample], TUNE_K, self.metric)
+        truth = recall_truth(vectors, sample, self.metric)
         self.recall_queries = len(sample)
         if not self.tuned:
             self.recall_at_10 = measure_recall(self, vectors, sample, self.search_k, truth=truth)

@@ -7,9 +7,9 @@ auto-tuner used.
 
 from __future__ import annotations
 
-from pixdex.plugin_api import TUNE_K, exact_topk, measure_recall, rank_keys, sample_ids
+from pixdex.plugin_api import TUNE_K, exact_topk, measure_recall, rank_keys, recall_truth, sample_ids
 
-__all__ = ["TUNE_K", "exact_topk", "measure_recall", "rank_keys", "sample_ids", "search_k_candidates"]
+__all__ = ["TUNE_K", "exact_topk", "measure_recall", "rank_keys", "recall_truth", "sample_ids", "search_k_candidates"]
 
 
 def search_k_candidates(n_items: int, n_trees: int, k: int = TUNE_K) -> list[int]:

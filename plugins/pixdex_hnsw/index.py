@@ -20,9 +20,10 @@ from pixdex.plugin_api import (
     check_dim,
     check_matrix,
     check_metric,
-    exact_topk,
+    held_out_sample,
     measure_recall,
     normalise,
+    recall_truth,
     sample_ids,
 )
 
@@ -100,22 +101,20 @@ class HnswIndex:
         )
 
     def build(self, vectors: np.ndarray) -> None:
-        """Insert ``vectors`` (row i is id i), then tune or measure ``ef``."""
+        """Insert ``vectors`` (row i is id i), tuning or measuring ``ef`` on the way."""
         vectors = check_matrix(vectors, self.dim, "vectors")
         if len(vectors) == 0:
             raise ValueError("cannot build index 'hnsw' from 0 vectors")
         if self.metric == "cosine":
             vectors = normalise(vectors)  # as flat stores them: the recall sample compares like with like
-        index = self._new()
-        index.add(np.arange(len(vectors), dtype=np.uint64), np.ascontiguousarray(vectors), threads=self.threads)
-        self._index = index
-        self.n_items = len(vectors)
-        self._calibrate(vectors)
+        self._index = self._new()
+        self.n_items = 0
+        self._insert(vectors, vectors)
 
     def add(self, vectors: np.ndarray, *, all_vectors: np.ndarray) -> None:
         """Insert ``vectors`` as ids len(self).. without rebuilding the graph (the optional
-        ``add`` of the index contract), then tune or measure ``ef`` again on ``all_vectors``
-        (every row, the new ones last), since a bigger graph may need a deeper search."""
+        ``add`` of the index contract), tuning or measuring ``ef`` again over every row
+        (``all_vectors``, the new ones last): a bigger graph may need a deeper search."""
         if self._index is None:
             raise RuntimeError("index 'hnsw' is empty: call build() or load() first")
         vectors = check_matrix(vectors, self.dim, "vectors")
@@ -124,21 +123,43 @@ class HnswIndex:
             raise ValueError(f"all_vectors has {len(all_vectors)} rows, expected {self.n_items} + {len(vectors)}")
         if self.metric == "cosine":
             vectors, all_vectors = normalise(vectors), normalise(all_vectors)
-        keys = np.arange(self.n_items, self.n_items + len(vectors), dtype=np.uint64)
-        self._index.add(keys, np.ascontiguousarray(vectors), threads=self.threads)
-        self.n_items += len(vectors)
-        self._calibrate(all_vectors)
+        self._insert(vectors, all_vectors)
 
-    def _calibrate(self, vectors: np.ndarray) -> None:
-        sample = sample_ids(len(vectors), self.tune_queries, self.seed)
-        truth = exact_topk(vectors, vectors[sample], TUNE_K, self.metric)
-        self.recall_queries = len(sample)
+    def _insert(self, rows: np.ndarray, every: np.ndarray) -> None:
+        """Add ``rows`` (the last rows of ``every``) to the graph. A sample of them goes in
+        last: ``ef`` is tuned (or measured) while the graph has not seen them, so the
+        recorded recall is that of new queries, not of rows the graph holds (an in-graph
+        row finds its neighbours more easily: pixdex.recall.measure_recall)."""
+        first = self.n_items
+        held = held_out_sample(len(rows), self.tune_queries, self.seed)
+        keep = np.ones(len(rows), dtype=bool)
+        keep[held] = False
+        self._add_rows(rows[keep], np.flatnonzero(keep) + first)
+        if len(held):
+            self._calibrate(every, held + first)
+            self._add_rows(rows[held], held + first)
+        else:  # too few new rows to hold any out: keep ef, measure it leave-one-out
+            if self.tuned and first == 0:
+                self.ef = max(1, len(rows))  # a graph this small is searched whole
+            sample = sample_ids(len(every), self.tune_queries, self.seed)
+            self.recall_at_10 = measure_recall(self, every, sample, self.ef)
+            self.recall_queries = len(sample)
+
+    def _add_rows(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        if len(rows):
+            self._index.add(ids.astype(np.uint64), np.ascontiguousarray(rows), threads=self.threads)
+            self.n_items += len(rows)
+
+    def _calibrate(self, every: np.ndarray, held: np.ndarray) -> None:
+        """Tune ``ef`` on the ``held`` rows of ``every``, which the graph does not hold yet."""
+        truth = recall_truth(every, held, self.metric, held_out=True)
+        self.recall_queries = len(held)
         if not self.tuned:
-            self.recall_at_10 = measure_recall(self, vectors, sample, self.ef, truth=truth)
+            self.recall_at_10 = measure_recall(self, every, held, self.ef, truth=truth)
             return
-        candidates = ef_candidates(len(vectors))
+        candidates = ef_candidates(len(every))
         for ef in candidates:
-            recall = measure_recall(self, vectors, sample, ef, truth=truth)
+            recall = measure_recall(self, every, held, ef, truth=truth)
             if recall >= self.target_recall or ef == candidates[-1]:
                 self.ef, self.recall_at_10 = ef, recall
                 return
