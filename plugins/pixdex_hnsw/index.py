@@ -9,6 +9,7 @@ squared distance). usearch is imported by the factory, never at module import.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,7 +53,8 @@ class HnswIndex:
     With ``ef == -1`` the build measures recall@10 on ``tune_queries`` sampled rows for
     each of :func:`ef_candidates` and keeps the smallest value reaching ``target_recall``;
     a given ``ef`` is kept but still measured. A search for ``k`` results never uses an
-    ``ef`` below ``k``. Loading views the file memory-mapped (read-only).
+    ``ef`` below ``k``. Loading views the file memory-mapped (read-only). Searches from
+    many threads are safe; they take turns on one index.
     """
 
     def __init__(self, usearch: ModuleType, *, dim: int, metric: str, options: Any) -> None:
@@ -72,6 +74,7 @@ class HnswIndex:
         self.recall_queries = 0
         self.n_items = 0
         self._index: Any = None
+        self._lock = threading.Lock()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -181,13 +184,14 @@ class HnswIndex:
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         if len(queries) == 0:
             return ids, scores
-        # expansion_search is the index's state: set per call, so a tuning search and a
-        # served one never share a stale value (searches of one index are not concurrent
-        # with its tuning, which happens before the index is saved)
-        self._index.expansion_search = max(int(effort), k)
         # one query (serving) on one thread; a batch (evaluation, tuning) on every core
         threads = 1 if len(queries) < 64 else 0
-        found = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, threads=threads)
+        # usearch keeps the search depth on the index, not per call: set and search under
+        # one lock, so concurrent searches (pixdex serve's threads) never run at another
+        # search's depth
+        with self._lock:
+            self._index.expansion_search = max(int(effort), k)
+            found = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, threads=threads)
         with np.errstate(invalid="ignore"):  # slots past a row's count hold garbage, dropped below
             keys = np.asarray(found.keys).astype(np.int64).reshape(len(queries), -1)
             dist = np.asarray(found.distances).astype(np.float64).reshape(len(queries), -1)
