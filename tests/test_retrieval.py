@@ -198,3 +198,32 @@ def test_dataset_specs_are_recorded_absolute(tmp_path: Path, monkeypatch: pytest
     assert absolute_spec("fm") == str(tmp_path / "fm")
     assert absolute_spec("idx:missing") == "idx:missing"  # left alone: the reader reports it
     assert absolute_spec("csv:list.csv") == "csv:list.csv"
+
+
+# --- items.jsonl read on demand ----------------------------------------------------------------
+
+
+def test_item_table_reads_rows_like_read_items(tmp_path, monkeypatch):
+    from pixdex.errors import ArtifactError
+    from pixdex.retrieval import item_table
+    from pixdex.retrieval.index_folder import read_items
+    from pixdex.retrieval.item_table import ItemTable, RowsById
+
+    records = [{"id": 7, "path": "a b.png"}, {"id": 2, "path": "x\udcff", "label": "ü"}, {"id": 40, "label": None}]
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(("\n" + "\n\n".join(lines) + "\n  \n").encode("utf-8", "surrogateescape"))  # blank lines too
+    for scan in (item_table._SCAN, 5):  # line ends found across scan chunks as well
+        monkeypatch.setattr(item_table, "_SCAN", scan)
+        table = ItemTable(path)
+        assert len(table) == 3 and list(table) == read_items(path) == records
+        assert table[-1] == records[2] and table[1:] == records[1:]
+    by_id = RowsById(table)
+    assert [by_id[i] for i in (7, 2, 40)] == [0, 1, 2] and 3 not in by_id and "7" not in by_id
+    with pytest.raises(IndexError):
+        table[3]
+    path.write_text('{"id": 1}\n{"id": 2')  # no newline at the end, and not JSON
+    table = ItemTable(path)
+    assert len(table) == 2 and table[0] == {"id": 1}
+    with pytest.raises(ArtifactError, match="row 1 is not valid JSON"):
+        table[1]

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from pixdex.errors import ArtifactError, PixdexError
 from pixdex.pipeline.runs import LoadedRun, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import Collection, Embedded, save_npy
+from pixdex.retrieval.item_table import ItemTable, RowsById
 
 INDEX_FORMAT = "pixdex-index"
 INDEX_FORMAT_VERSION = 1
@@ -295,7 +296,7 @@ class OpenIndex:
     path: Path
     manifest: dict[str, Any]
     ann: Any
-    items: list[dict[str, Any]]
+    items: Sequence[dict[str, Any]]  # an ItemTable: records parsed when asked for
     embeddings: np.ndarray  # memory-mapped float32[N, D]
 
     @property
@@ -307,9 +308,9 @@ class OpenIndex:
         return str(self.manifest["metric"])
 
     @functools.cached_property
-    def rows_by_id(self) -> dict[int, int]:
+    def rows_by_id(self) -> RowsById:
         """item id -> embedding row (ids are stable, rows are compacted by removals)."""
-        return {int(it["id"]): row for row, it in enumerate(self.items)}
+        return RowsById(self.items)
 
 
 def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
@@ -321,7 +322,7 @@ def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
         raise ArtifactError(f"{folder} is not a pixdex index folder (no manifest.json)")
     with reading(folder) as manifest:
         verify(folder, manifest)
-        items = read_items(folder / "items.jsonl")
+        items = ItemTable(folder / "items.jsonl")  # checksum-verified above; parsed row by row on use
         if len(items) != manifest["count"]:
             raise ArtifactError(
                 f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}"
