@@ -2,13 +2,17 @@
 
   (1) evaluate-retrieval of 10,000 query items against a 60,000-item gallery (synthetic,
       labelled 128-d embeddings in real, sealed index folders);
-  (2) index build over 100,000 generated small images.
+  (2) index build over 100,000 generated small images;
+  (3) index build --from-embeddings of 1,000,000 x 128 precomputed vectors (a foreign
+      embeddings.npy + items.jsonl, the flat index so that the ANN adds no structure of its
+      own beyond its copy of the vectors), then one search --vectors of the result.
 
 Each command runs in its own process; its peak RSS (ru_maxrss) is compared with a
 baseline process that imports the same libraries and opens the same index
 (`pixdex index info`), and the difference with the size of the embeddings involved.
 
-    python bench/memory.py [--gallery 60000] [--queries 10000] [--images 100000] [--parts 12]
+    python bench/memory.py [--gallery 60000] [--queries 10000] [--images 100000]
+                           [--vectors 1000000] [--parts 123]
 """
 
 from __future__ import annotations
@@ -163,19 +167,69 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
     )
 
 
+def part_precomputed(tmp: Path, n: int, dim: int) -> None:
+    source, small = tmp / "vectors", tmp / "vectors-small"
+    rng = np.random.default_rng(0)
+    for folder, count in ((source, n), (small, 10)):
+        folder.mkdir()
+        out = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float32, shape=(count, dim))
+        for start in range(0, count, 100_000):  # written in pieces: the bench itself stays small
+            out[start : start + 100_000] = rng.standard_normal((min(100_000, count - start), dim))
+        out.flush()
+        del out
+        with open(folder / "items.jsonl", "w", encoding="utf-8") as fh:
+            for i in range(count):
+                fh.write(f'{{"path": "photos/{i:08d}.jpg", "label": "class{i % 100}", "sha256": "{i:064x}"}}\n')
+    py = [sys.executable, "-m", "pixdex", "-q"]
+    build = ["index", "build", "--from-embeddings"]
+    base, _ = peak_rss_mb(py + [*build, str(small), "-o", str(tmp / "small-idx"), "--index", "flat"])
+    peak, seconds = peak_rss_mb(py + [*build, str(source), "-o", str(tmp / "big-idx"), "--index", "flat"])
+    np.save(tmp / "q.npy", rng.standard_normal((10, dim)).astype(np.float32))
+    search = ["search", "--vectors", str(tmp / "q.npy"), "-k", "10", "--json"]
+    search_base, _ = peak_rss_mb(py + [search[0], str(tmp / "small-idx"), *search[1:]])
+    search_peak, search_s = peak_rss_mb(py + [search[0], str(tmp / "big-idx"), *search[1:]])
+    emb_mb = n * dim * 4 / 2**20
+    items_mb = (source / "items.jsonl").stat().st_size / 2**20
+    print(
+        json.dumps(
+            {
+                "part": "index_build_from_embeddings",
+                "vectors": n,
+                "dim": dim,
+                "index": "flat",
+                "embeddings_mb": round(emb_mb, 1),
+                "items_jsonl_mb": round(items_mb, 1),
+                "baseline_rss_mb": round(base, 1),
+                "peak_rss_mb": round(peak, 1),
+                "extra_over_baseline_mb": round(peak - base, 1),
+                "extra_over_embeddings": round((peak - base) / emb_mb, 2),
+                "seconds": round(seconds, 1),
+                "search_peak_rss_mb": round(search_peak, 1),
+                "search_extra_over_baseline_mb": round(search_peak - search_base, 1),
+                "search_seconds": round(search_s, 1),
+                "baseline": "the same commands on 10 vectors",
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gallery", type=int, default=60000)
     parser.add_argument("--queries", type=int, default=10000)
     parser.add_argument("--images", type=int, default=100000)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--parts", default="12")
+    parser.add_argument("--parts", default="123")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if "1" in args.parts:
             part_evaluate(Path(tmp), args.gallery, args.queries, args.dim)
         if "2" in args.parts:
             part_build(Path(tmp), args.images, args.dim)
+        if "3" in args.parts:
+            part_precomputed(Path(tmp), args.vectors, args.dim)
 
 
 if __name__ == "__main__":
