@@ -147,13 +147,19 @@ class OnnxModel:
 
 
 def cache_entry(run: LoadedRun) -> Path:
-    """The cache folder of ``run``'s export (``failed.txt`` beside it when it cannot export)."""
+    """The cache folder of ``run``'s export (``NAME.failed.txt`` beside it when auto found
+    that it cannot export)."""
     metric = str(run.manifest.get("metric") or "cosine")
     return cache_root() / "onnx" / f"{model_fingerprint(run)}-{metric}"
 
 
 def onnx_pair(
-    run: LoadedRun, probe: Any, *, max_pixels: int, notify: Callable[[str], None] = lambda m: None
+    run: LoadedRun,
+    probe: Any,
+    *,
+    max_pixels: int,
+    notify: Callable[[str], None] = lambda m: None,
+    folder: Path | None = None,
 ) -> tuple[OnnxModel, UInt8Transform]:
     """The ONNX model and transform for ``run``, exporting it into the cache on first use
     (verified on ``probe``, a :class:`pixdex.export.verify.Probe` of the images at hand)."""
@@ -163,7 +169,7 @@ def onnx_pair(
     from pixdex.export.verify import session
 
     metric = str(run.manifest.get("metric") or "cosine")
-    folder = cache_entry(run)
+    folder = folder or cache_entry(run)  # the entry's name hashes every weight: callers pass it
     fresh = not (folder / "manifest.json").is_file()
     if not fresh:
         try:
@@ -186,12 +192,13 @@ def auto_onnx_pair(
     """:func:`onnx_pair` for ``engine = auto``: None (PyTorch, with a note) when this model
     does not export or does not verify, remembered in the cache so that later commands do
     not pay for the attempt again. An explicit ``--engine onnx`` fails instead."""
-    marker = cache_entry(run).with_name(cache_entry(run).name + ".failed.txt")
+    folder = cache_entry(run)
+    marker = folder.with_name(folder.name + ".failed.txt")
     if marker.is_file():
         notify(f"pixdex: engine auto: PyTorch, this model did not export to ONNX before (delete {marker} to retry)")
         return None
     try:
-        return onnx_pair(run, probe, max_pixels=max_pixels, notify=notify)
+        return onnx_pair(run, probe, max_pixels=max_pixels, notify=notify, folder=folder)
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "run PyTorch", said aloud
         text = str(exc) if isinstance(exc, PixdexError) else f"{type(exc).__name__}: {exc}"
         reason = (text.strip().splitlines() or [type(exc).__name__])[0][:300]
