@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pixdex.errors import ArtifactError
 
@@ -332,6 +332,13 @@ class FolderWriter:
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes(name, to_json(obj))
+
+    def write_jsonl(self, name: str, records: Iterable[Any]) -> None:
+        """``name`` as one JSON document per line, the bytes of :func:`jsonl_bytes`,
+        written as ``records`` come (an iterable need not fit in memory)."""
+        with open(self.path_for(name), "w", encoding="utf-8", newline="\n") as fh:
+            for record in records:
+                fh.write(json_text(record) + "\n")
 
     def copy_file(self, name: str, src: str | Path) -> None:
         shutil.copyfile(src, self.path_for(name))

@@ -120,7 +120,7 @@ def commit_index(
     ann = grow_ann(pset, config, contents.embeddings, metric, previous)
     crash_point("index:built")
     save_npy(writer, "embeddings.npy", contents.embeddings)
-    writer.write_bytes("items.jsonl", jsonl_bytes(contents.items))
+    writer.write_jsonl("items.jsonl", contents.items)
     writer.write_bytes("skipped.jsonl", jsonl_bytes(contents.skipped))
     staging = writer.staging_dir()
     names = ann.save(staging)

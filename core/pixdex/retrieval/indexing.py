@@ -197,13 +197,15 @@ def build_from_embeddings(
         metric = pre.metric or (run.manifest.get("metric") if run is not None else None) or "cosine"
     if metric not in METRICS:
         raise PixdexError(f"Unknown metric '{metric}': use auto, {', '.join(METRICS)}")
-    items = number_rows(pre.items)
-    contents = IndexContents(pre.embeddings, items, max(it["id"] for it in items) + 1, [])
-    with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
-        record = stage_model(writer, run) if run is not None else external_model_record(pre)
-        commit_index(
-            writer, pset, config, contents, metric=metric, model_record=record, created=now(), notify=opts.notify
-        )
+    contents = IndexContents(pre.embeddings, pre.items, pre.items.next_id, [])  # items streamed, not held
+    try:
+        with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
+            record = stage_model(writer, run) if run is not None else external_model_record(pre)
+            commit_index(
+                writer, pset, config, contents, metric=metric, model_record=record, created=now(), notify=opts.notify
+            )
+    finally:
+        pre.items.close()
     return {**info_record(out_dir, _committed(out_dir)), "skipped_entries": []}
 
 

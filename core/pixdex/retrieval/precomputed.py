@@ -10,6 +10,8 @@ before anything is written, each problem in one line.
 from __future__ import annotations
 
 import json
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +34,7 @@ class Precomputed:
     source: Path
     kind: str  # "embed" (pixdex embed), "index" (an index folder) or "foreign"
     embeddings: np.ndarray  # float32 [N, D], memory-mapped where the file was float32
-    items: list[dict[str, Any]]  # index item records without "row": id, path, label, ...
+    items: ItemStream  # validated; index records (id, row, path, label, ...) when iterated
     model_spec: str | None  # the model the source names (a run folder or a backbone spec)
     model_sha256: str | None  # its weights' sha256, when the source recorded it
     metric: str | None  # the metric the source's model asked for, when recorded
@@ -87,7 +89,7 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
 
 def _read(folder: Path, kind: str, model_spec: str | None, model_sha256: str | None, metric: str | None) -> Precomputed:
     embeddings = _embeddings(folder / "embeddings.npy")
-    items = _items(folder / "items.jsonl", len(embeddings))
+    items = ItemStream(folder / "items.jsonl", len(embeddings))
     return Precomputed(folder, kind, embeddings, items, model_spec, model_sha256, metric)
 
 
@@ -124,35 +126,70 @@ def _embeddings(path: Path, allow_row: bool = False) -> np.ndarray:
     return array if array.dtype == np.float32 else np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _items(path: Path, rows: int) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        for n, line in enumerate(fh, 1):
+class ItemStream:
+    """The items of a precomputed folder, validated in one pass and read again (from the
+    same open file, so a file replaced meanwhile is not the one re-read) as index records
+    ``{"id", "row", "path", "label", ...}`` while the index folder is written: 8 bytes an
+    item (its id) in memory, never a list of records."""
+
+    def __init__(self, path: Path, rows: int) -> None:
+        self.path = path
+        self._fh = open(path, "rb")
+        try:
+            self.ids = self._validate(rows)
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    @property
+    def next_id(self) -> int:
+        return int(self.ids.max()) + 1
+
+    def _lines(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        self._fh.seek(0)
+        for n, raw in enumerate(self._fh, 1):
+            line = raw.decode("utf-8", "surrogateescape")
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield n, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PixdexError(f"{path}, line {n}: not JSON ({exc.msg})") from None
+                raise PixdexError(f"{self.path}, line {n}: not JSON ({exc.msg})") from None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row, (_, record) in enumerate(self._lines()):
+            yield {"id": int(self.ids[row]), "row": row, **{k: record[k] for k in ITEM_KEYS[1:] if k in record}}
+
+    def _validate(self, rows: int) -> np.ndarray:
+        ids, count, with_id = array("q"), 0, 0
+        for n, record in self._lines():
             if not isinstance(record, dict) or not isinstance(record.get("path"), str) or not record["path"]:
-                raise PixdexError(f'{path}, line {n}: each line must be an object with a "path" string')
+                raise PixdexError(f'{self.path}, line {n}: each line must be an object with a "path" string')
             label = record.get("label")
             if label is not None and not isinstance(label, str):
-                raise PixdexError(f'{path}, line {n}: "label" must be a string or null, not {label!r}')
-            items.append({k: record[k] for k in ITEM_KEYS if k in record})
-    if len(items) != rows:
-        raise PixdexError(f"{path} has {len(items)} items but embeddings.npy has {rows} rows: they must match")
-    with_id = sum("id" in it for it in items)
-    if with_id == 0:
-        return [{"id": row, **it} for row, it in enumerate(items)]
-    if with_id != len(items):
-        raise PixdexError(f'{path}: {with_id} of {len(items)} items have an "id": give every item one, or none')
-    ids = [it["id"] for it in items]
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise PixdexError(f'{path}: every "id" must be a non-negative integer')
-    if len(set(ids)) != len(ids):
-        from collections import Counter
-
-        dup = next(i for i, n in Counter(ids).items() if n > 1)
-        raise PixdexError(f"{path}: id {dup} appears more than once: ids must be unique")
-    return items
+                raise PixdexError(f'{self.path}, line {n}: "label" must be a string or null, not {label!r}')
+            if "id" in record:
+                value = record["id"]
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                    raise PixdexError(f'{self.path}, line {n}: "id" must be a non-negative integer, not {value!r}')
+                ids.append(value)
+                with_id += 1
+            count += 1
+        if count != rows:
+            raise PixdexError(f"{self.path} has {count} items but embeddings.npy has {rows} rows: they must match")
+        if with_id == 0:
+            return np.arange(count, dtype=np.int64)
+        if with_id != count:
+            raise PixdexError(f'{self.path}: {with_id} of {count} items have an "id": give every item one, or none')
+        out = np.frombuffer(ids, dtype=np.int64).copy()
+        ordered = np.sort(out)
+        repeats = ordered[1:][ordered[1:] == ordered[:-1]]
+        if len(repeats):
+            raise PixdexError(f"{self.path}: id {int(repeats[0])} appears more than once: ids must be unique")
+        return out
