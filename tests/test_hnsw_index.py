@@ -4,9 +4,12 @@ built from images and from the tiny index's embeddings, searched, extended and r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import CPU_RUNTIME, invoke
 from recognition_data import make_folder_dataset
@@ -65,3 +68,18 @@ def test_an_annoy_index_is_rebuilt_as_hnsw_with_the_same_neighbours(tiny_index, 
     assert [[m["id"] for m in r["matches"]][:1] for r in graph] == [[m["id"] for m in r["matches"]][:1] for r in exact]
     assert json.loads((out / "manifest.json").read_text())["index"]["params"]["ef"] == 30
     assert (Path(out) / "index" / "index.usearch").is_file()
+
+
+def test_usearch_and_onnxruntime_load_in_either_order():
+    # usearch 2.26.6 segfaulted when onnxruntime was imported after it (an hnsw index opened,
+    # then engine auto exporting the model): a crash only a fresh process can show
+    pytest.importorskip("onnxruntime")
+    for first, second in (("usearch.index", "onnxruntime"), ("onnxruntime", "usearch.index")):
+        code = f"import {first}; import {second}; print('ok')"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
+            first,
+            second,
+            proc.returncode,
+            proc.stderr[-500:],
+        )
