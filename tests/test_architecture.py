@@ -33,6 +33,7 @@ FOUNDATION = {
     "optional",
     "plugin_api",
     "plugins",
+    "recall",
     "registry_file",
     "settings",
     "vectors",

@@ -18,6 +18,7 @@ BUILTINS = [
     "pixdex_losses",
     "pixdex_flat",
     "pixdex_annoy",
+    "pixdex_hnsw",
 ]
 
 GOOD = """
