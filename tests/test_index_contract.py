@@ -111,12 +111,18 @@ def test_what_save_wrote_load_reads_back(plugins, name, mmap, tmp_path):
     json.dumps(getattr(fresh, "params", {}))  # the manifest records it
 
 
-@pytest.mark.parametrize("name", INDEXES)
+GROWS = ("hnsw",)  # the plugins with the optional add(); `index add` rebuilds the others
+
+
+def test_which_plugins_grow_and_which_are_rebuilt(plugins):
+    for name in INDEXES:
+        assert callable(getattr(made(plugins, name, "l2"), "add", None)) == (name in GROWS), name
+
+
+@pytest.mark.parametrize("name", GROWS)
 def test_the_optional_add_grows_a_loaded_index(plugins, name, tmp_path):
     x = vectors(900)
     index = made(plugins, name, "l2")
-    if not callable(getattr(index, "add", None)):
-        pytest.skip(f"{name} has no add(): index add rebuilds it (the documented fallback)")
     index.build(x[:600])
     index.save(tmp_path)
     grown = made(plugins, name, "l2")
