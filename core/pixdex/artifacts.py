@@ -89,6 +89,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_matches(path: Path, fact: dict[str, Any]) -> bool:
+    """Whether ``path`` exists with the size (when recorded) and sha256 of its manifest entry."""
+    if not path.is_file() or ("size" in fact and path.stat().st_size != fact["size"]):
+        return False
+    return sha256_file(path) == fact["sha256"]
+
+
 def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pixdex import __version__
-from pixdex.artifacts import FolderWriter, read_json, reading, sha256_file
+from pixdex.artifacts import FolderWriter, file_matches, read_json, reading
 from pixdex.errors import ArtifactError, PixdexError
 from pixdex.export.graph import export_onnx, preprocess_spec
 from pixdex.export.verify import Probe, compare
@@ -113,7 +113,7 @@ def verify_files(out: Path) -> dict[str, Any]:
             fact = (manifest.get("files") or {}).get(name)
             if fact is None or not (out / name).is_file():
                 raise ArtifactError(f"{out}: {name} is missing; export again")
-            if sha256_file(out / name) != fact["sha256"]:
+            if not file_matches(out / name, fact):
                 raise ArtifactError(
                     f"{out}: {name} does not match its sha256 in the manifest (modified or corrupted); export again"
                 )

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pixdex.artifacts import read_json, reading, sha256_file
+from pixdex.artifacts import file_matches, read_json, reading
 from pixdex.errors import ArtifactError, PixdexError
 from pixdex.retrieval.index_folder import INDEX_FORMAT, verify
 
@@ -79,8 +79,7 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
         if name not in files:
             raise ArtifactError(f"{folder}: the manifest lists no {name}; embed the collection again")
     for name, fact in files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != fact["size"] or sha256_file(path) != fact["sha256"]:
+        if not file_matches(folder / name, fact):
             raise ArtifactError(
                 f"{folder}: {name} does not match its checksum in the manifest (missing, truncated or "
                 "replaced); embed the collection again"
