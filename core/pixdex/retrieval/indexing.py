@@ -215,10 +215,14 @@ def precomputed_model(
     """The model to record for precomputed embeddings ``pre``, or None (external)."""
     spec = model_spec or pre.model_spec
     if spec is None or (model_spec is None and not is_run_folder(spec)):
-        named = f"names the model {spec!r}, not a run folder here" if spec else "names no model"
+        if spec:  # a backbone spec, or a run folder that is gone: its options are not recorded
+            named = f"names the model {spec!r}, not a run folder here"
+            hint = f"give MODEL ({spec} with the --set options it was embedded with; its weights are checked)"
+        else:
+            named, hint = "names no model", "give MODEL"
         notify(
             f"pixdex: note: {pre.source} {named}: the index is marked external (it holds no model; "
-            "search it with --vectors or --id, or give MODEL to record one)"
+            f"search it with --vectors or --id, or {hint} to record one)"
         )
         return None
     run = open_model(spec, pset, config)

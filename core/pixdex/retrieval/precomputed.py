@@ -108,7 +108,9 @@ def _embeddings(path: Path, allow_row: bool = False) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise PixdexError(f"{path} is not a readable .npy array ({exc}); write it with numpy.save") from None
+        # numpy's own text for an object array suggests unpickling it: never the advice here
+        reason = "not the .npy format, or Python objects" if "pickle" in str(exc) else str(exc)
+        raise PixdexError(f"{path} is not a .npy array of numbers ({reason}); write it with numpy.save") from None
     if array.dtype.kind != "f":
         raise PixdexError(f"{path} holds {array.dtype} values: embeddings must be floating point (float32)")
     if allow_row and array.ndim == 1:
