@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 _CACHE = tempfile.mkdtemp(prefix="pixdex-test-cache-")
 PINNED_ENV = {"PIXDEX_ENGINE": "torch", "PIXDEX_CACHE_DIR": _CACHE}
 os.environ.update(PINNED_ENV)  # for session fixtures too, which start before the autouse one
+# The qdrant tests use the embedded store (in the throwaway cache) unless this names a
+# Qdrant server: the same tests then run against it. Read before the autouse fixture
+# below clears PIXDEX_* variables.
+QDRANT_URL = os.environ.get("PIXDEX_TEST_QDRANT_URL", "")
+QDRANT_OPTIONS: dict[str, str] = {"url": QDRANT_URL} if QDRANT_URL else {}
+QDRANT_SET: list[str] = ["--set", f"index.url={QDRANT_URL}"] if QDRANT_URL else []
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:

@@ -24,6 +24,7 @@ FOUNDATION = {
     "__main__",
     "api",
     "artifacts",
+    "cache_dir",
     "components",
     "config",
     "contracts",

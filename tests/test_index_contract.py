@@ -1,7 +1,9 @@
 """The index contract (hookspecs.register_indexes), one suite for every index plugin: the
-built-in flat, annoy and hnsw, and the third-party example plugin of docs/examples
+built-in flat, annoy, hnsw and qdrant, and the third-party example plugin of docs/examples
 (numpy-brute) loaded through an entry point. Each is checked on the parts of the contract
-it implements (``add`` is optional), with its default options, and through the CLI.
+it implements (``add`` and the item-holding methods are optional), with its default
+options, and through the CLI. qdrant runs its embedded store (exact search), or the server
+PIXDEX_TEST_QDRANT_URL names (approximate, held to its tuned recall).
 
 Approximate indexes are held to the recall they tune for (0.95 at 10, on sampled rows of
 the collection), exact ones to exactness; scores are only required to be higher-is-more-similar, since
@@ -19,11 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import REPO, invoke
+from conftest import QDRANT_OPTIONS, QDRANT_SET, QDRANT_URL, REPO, invoke
 
 EXAMPLE = REPO / "docs" / "examples" / "pixdex-example-plugin"
-INDEXES = ("flat", "annoy", "hnsw", "numpy-brute")
-EXACT = {"flat", "numpy-brute"}
+INDEXES = ("flat", "annoy", "hnsw", "qdrant", "numpy-brute")
+EXACT = {"flat", "numpy-brute"} | (set() if QDRANT_URL else {"qdrant"})
+HOLDS_ITEMS = ("qdrant",)  # the plugins that keep the rows themselves (a database)
+OPTIONS: dict[str, dict[str, Any]] = {"qdrant": QDRANT_OPTIONS}
+CLI_SETS: dict[str, list[str]] = {"qdrant": QDRANT_SET}
 METRICS = ("cosine", "l2", "ip")
 
 
@@ -54,7 +59,7 @@ def recall(ids: np.ndarray, truth: np.ndarray) -> float:
 
 
 def made(plugins: Any, name: str, metric: str, dim: int = 16) -> Any:
-    return plugins.registry.build("index", name, {}, dim=dim, metric=metric)
+    return plugins.registry.build("index", name, OPTIONS.get(name, {}), dim=dim, metric=metric)
 
 
 def check_answer(ids: np.ndarray, scores: np.ndarray, n: int, q: int, k: int) -> None:
@@ -111,7 +116,7 @@ def test_what_save_wrote_load_reads_back(plugins, name, mmap, tmp_path):
     json.dumps(getattr(fresh, "params", {}))  # the manifest records it
 
 
-GROWS = ("hnsw",)  # the plugins with the optional add(); `index add` rebuilds the others
+GROWS = ("hnsw", "qdrant")  # the plugins with the optional add(); `index add` rebuilds the others
 
 
 def test_which_plugins_grow_and_which_are_rebuilt(plugins):
@@ -136,6 +141,7 @@ def test_the_optional_add_grows_a_loaded_index(plugins, name, tmp_path):
 def test_every_index_serves_the_cli(plugins, name, tiny_index, tmp_path):
     out = tmp_path / name
     args = ["index", "build", "--from-embeddings", str(tiny_index), "-o", str(out), "--index", name, "--json"]
+    args += CLI_SETS.get(name, [])
     result = invoke(*args, plugins=plugins)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["index"] == name
@@ -146,3 +152,36 @@ def test_every_index_serves_the_cli(plugins, name, tiny_index, tmp_path):
     items = [json.loads(line) for line in (tiny_index / "items.jsonl").read_text().splitlines()]
     assert [r["matches"][0]["id"] for r in rows] == [items[0]["id"], items[9]["id"]]
     assert Path(rows[0]["matches"][0]["path"]) == Path(items[0]["path"])
+
+
+def test_which_plugins_hold_their_items(plugins):
+    for name in INDEXES:
+        assert bool(getattr(made(plugins, name, "l2"), "holds_items", False)) == (name in HOLDS_ITEMS), name
+
+
+@pytest.mark.parametrize("name", HOLDS_ITEMS)
+def test_an_item_holding_index_versions_every_change(plugins, name, tmp_path):
+    """build/add/remove write versions nobody serves until publish(); the rows read back
+    in order, with their records; a label filter keeps only that label's rows."""
+    x = vectors(120)
+    records = [{"id": 100 + i, "row": i, "path": f"/p/{i}.png", "label": "ab"[i % 2]} for i in range(120)]
+    index = made(plugins, name, "l2")
+    index.build(x[:100], items=iter(records[:100]), meta={"model_sha256": "m"})  # items may be a stream
+    held = index.describe()
+    assert (held["count"], held["dim"], held["metric"], held["meta"]["model_sha256"]) == (100, 16, "l2", "m")
+    assert len(index) == 100 and index.items([7, 3]) == [records[7], records[3]]
+    np.testing.assert_allclose(index.vectors([7, 3]), x[[7, 3]], rtol=1e-6)
+    rows = np.concatenate([r for r, _, _ in index.scan(with_vectors=False)])
+    assert rows.tolist() == list(range(100))
+    ids, _ = index.search(x[[4, 5]], 5, label="b")
+    assert all(i % 2 == 1 for i in ids.ravel().tolist())
+    index.save(tmp_path)
+    index.publish()  # what the core does once the folder is committed
+    index.add(x[100:], items=records[100:])
+    assert len(index) == 120 and index.items([110]) == [records[110]]
+    index.discard()  # the folder's commit failed: the new version goes, the published one stays
+    fresh = made(plugins, name, "l2")
+    fresh.load(tmp_path)
+    assert len(fresh) == 100 and fresh.describe()["count"] == 100
+    fresh.remove([0, 1])
+    assert len(fresh) == 98 and fresh.items([0])[0]["id"] == 102 and fresh.items([0])[0]["row"] == 0

@@ -57,7 +57,7 @@ def test_wheel_installed_with_target_is_self_contained(wheel_target: Path, tmp_p
     got = _probe(str(wheel_target), cwd=tmp_path)
     assert Path(got["pixdex"]).is_relative_to(wheel_target)
     assert got["registry"] == str(wheel_target / "pixdex" / "registry.toml")
-    assert len(got["files"]) == 8  # the built-in plugins of registry.toml
+    assert len(got["files"]) == 9  # the built-in plugins of registry.toml
     for name, file in got["files"].items():
         assert Path(file).is_relative_to(wheel_target), f"{name} loaded from {file}"
     assert not got["torch"]

@@ -75,6 +75,19 @@ def register_indexes(register: Register) -> None:
     `index add` then grows the committed index instead of building it again from every row,
     which stays the fallback for plugins without it (and for `index remove`, which renumbers
     rows).
+
+    Optional, an index that holds the rows itself (a vector database): ``holds_items = True``
+    and then the core writes no ``embeddings.npy``/``items.jsonl`` and calls instead
+    ``build(vectors, *, items, meta)`` (``items``: an iterable of the rows' item records,
+    read once; ``meta``: a dict to keep beside them), ``add(vectors, *, items)``,
+    ``remove(rows)`` (later rows move up), each writing a *new version* that nothing
+    serves until ``publish()``, which the core calls after the folder's commit (and
+    ``discard()`` when that commit fails); ``len(index)``, ``describe() -> {count, dim,
+    metric, meta}`` (checked against the manifest on every open), ``items(rows)``,
+    ``vectors(rows)``, ``scan(with_vectors=True)`` yielding ``(rows, vectors, items)``
+    batches in row order, and ``search(queries, k, *, label=None)`` (``label``: only rows
+    whose item has it). ``save`` writes only what finds the version again (a connection
+    file, never a credential). ``qdrant`` implements it.
     """
 
 

@@ -11,6 +11,7 @@ from pixdex.errors import MissingDependencyError
 INSTALL_HINTS: dict[str, str] = {
     "annoy": "pip install annoy",
     "usearch": "pip install 'pixdex[hnsw]'",
+    "qdrant_client": "pip install 'pixdex[qdrant]'",
     "matplotlib": "pip install 'pixdex[plots]'",
     "sklearn": "pip install 'pixdex[dev]'",
     "starlette": "pip install 'pixdex[serve]'",

@@ -14,6 +14,8 @@ Optional libraries:
     import_optional(module, purpose)
 Devices:
     resolve_device(spec)
+Files pixdex can make again (an embedded store, exports):
+    cache_root()
 Weights (lazy, torch):
     load_safetensors(path, what), check_weights_fit(module, tensors, where)
 Images (lazy, Pillow):
@@ -29,6 +31,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from pixdex.cache_dir import cache_root
 from pixdex.components import Register, natural_key
 from pixdex.contracts import METRICS, DataInfo, Dataset, Item, SkipReport, Transform
 from pixdex.device import resolve_device
@@ -80,6 +83,7 @@ __all__ = [
     "SkipReport",
     "Transform",
     "UsageError",
+    "cache_root",
     "hookimpl",
     "import_optional",
     "natural_key",

@@ -19,6 +19,7 @@ BUILTINS = [
     "pixdex_flat",
     "pixdex_annoy",
     "pixdex_hnsw",
+    "pixdex_qdrant",
 ]
 
 GOOD = """

@@ -388,6 +388,14 @@ def info_cmd(app: App, index_dir: str, fmt: str, as_json: bool) -> None:
     default=None,
     help="Also write a self-contained HTML contact sheet of the results.",
 )
+@click.option(
+    "--label",
+    "label",
+    default=None,
+    metavar="LABEL",
+    help="Only items with this label: the database's payload filter for a database index "
+    "(qdrant), exact search over that label's rows for the others.",
+)
 @runtime_options
 @format_options
 @pass_app
@@ -400,6 +408,7 @@ def search_cmd(
     k: int,
     model_override: str | None,
     html_file: str | None,
+    label: str | None,
     sets: tuple[str, ...],
     skipped_file: str | None,
     strict_images: bool,
@@ -424,7 +433,9 @@ def search_cmd(
 
         if html_file or model_override:
             raise UsageError("--vectors queries need no model and have no images: --html and --model do not apply")
-        emit_matches(search_vectors(index_dir, vectors_file, app.plugins, k=k or runtime["k"]), fmt, as_json)
+        emit_matches(
+            search_vectors(index_dir, vectors_file, app.plugins, k=k or runtime["k"], label=label), fmt, as_json
+        )
         return
     if item_ids:
         from pixdex.retrieval.by_item import similar
@@ -433,7 +444,7 @@ def search_cmd(
         if html_file or model_override:
             raise UsageError("--id queries by stored embeddings: --html and --model apply to image queries only")
         index = open_index(index_dir, app.plugins)
-        emit_matches([similar(index, i, k or runtime["k"]) for i in item_ids], fmt, as_json)
+        emit_matches([similar(index, i, k or runtime["k"], label=label) for i in item_ids], fmt, as_json)
         return
     rows, skipped, _ = search(
         index_dir,
@@ -444,6 +455,7 @@ def search_cmd(
         model=model_override,
         max_pixels=runtime["max_pixels"],
         notify=app.note,
+        label=label,
     )
     write_skips(app, skipped, skipped_file, strict_images)
     if html_file:

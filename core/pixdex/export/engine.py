@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pixdex.artifacts import atomic_write_bytes
+from pixdex.cache_dir import cache_root
 from pixdex.contracts import Transform
 from pixdex.device import Placement
 from pixdex.errors import ArtifactError, PixdexError, UsageError
@@ -30,15 +31,6 @@ from pixdex.pipeline.runs import LoadedRun, model_fingerprint
 
 ENGINES = ("auto", "torch", "onnx")
 EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the [export] extra
-
-
-def cache_root() -> Path:
-    """Where exports made for ``--engine onnx`` live: $PIXDEX_CACHE_DIR, else
-    $XDG_CACHE_HOME/pixdex, else ~/.cache/pixdex."""
-    if os.environ.get("PIXDEX_CACHE_DIR"):
-        return Path(os.environ["PIXDEX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pixdex"
 
 
 def auto_engine(device_type: str, tta: str = "none") -> tuple[str, str]:

@@ -64,18 +64,22 @@ def recommend_query(index: OpenIndex, positive: list[int], negative: list[int] |
     return liked + RECOMMEND_BETA * (liked - disliked)
 
 
-def _search_excluding(index: OpenIndex, query: np.ndarray, k: int, exclude: set[int]) -> list[dict[str, Any]]:
+def _search_excluding(
+    index: OpenIndex, query: np.ndarray, k: int, exclude: set[int], label: str | None = None
+) -> list[dict[str, Any]]:
     # ask for enough extra neighbours that dropping the excluded items still leaves k
-    ids, scores = neighbours(index, query[None, :], min(k + len(exclude), max(index.manifest["count"], 1)))
+    wanted = min(k + len(exclude), max(index.manifest["count"], 1))
+    ids, scores = neighbours(index, query[None, :], wanted, label=label)
     return ranked_matches(index, ids[0], scores[0], exclude=frozenset(exclude), k=k)
 
 
-def similar(index: OpenIndex, item_id: int, k: int) -> dict[str, Any]:
+def similar(index: OpenIndex, item_id: int, k: int, *, label: str | None = None) -> dict[str, Any]:
     """ "More like this": the ``k`` nearest other items of an indexed item, by its stored
-    embedding. The row has the search output's shape, with ``query`` = ``id:N``."""
+    embedding (those labelled ``label`` only, when given). The row has the search
+    output's shape, with ``query`` = ``id:N``."""
     (row,) = rows_of(index, [item_id])
     query = np.asarray(index.embeddings[row], dtype=np.float32)
-    return {"query": f"id:{item_id}", "matches": _search_excluding(index, query, k, {item_id})}
+    return {"query": f"id:{item_id}", "matches": _search_excluding(index, query, k, {item_id}, label)}
 
 
 def recommend(index: OpenIndex, positive: list[int], negative: list[int] | None, k: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
     manifest.json   what everything else must match (written last by each commit)
     embeddings.npy  float32[N, D], row i = ANN id i (memory-mapped on read)
+                    (neither this nor items.jsonl for an item-holding index: a database keeps them)
     items.jsonl     one line per row: id (stable, never reused), row, path, label, size, mtime, sha256
                     (and ``dataset``, the DATA spec, for keys such as ``idx:train/000123``)
     model/          the model as a run folder (pixdex.json + model.safetensors)
@@ -20,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from pixdex.pipeline.runs import LoadedRun, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import Collection, Embedded, save_npy
 from pixdex.retrieval.item_table import ItemTable, RowsById
+from pixdex.retrieval.stored import StoredItems, StoredVectors, check_store, holds_items
 
 INDEX_FORMAT = "pixdex-index"
 INDEX_FORMAT_VERSION = 1
@@ -60,32 +62,36 @@ def read_items(path: Path) -> list[dict[str, Any]]:
 
 
 def grow_ann(
-    pset: PluginSet, config: Config, embeddings: np.ndarray, metric: str, previous: tuple[Path, int] | None
+    pset: PluginSet,
+    config: Config,
+    embeddings: np.ndarray,
+    metric: str,
+    previous: tuple[Path, int] | None,
+    *,
+    items: Iterable[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Any:
     """The ANN over ``embeddings``: the committed one (``previous``: its ``index/`` folder
     and row count) extended by the rows after it when the plugin has the optional ``add``
-    method and the old rows are unchanged; else built from every row."""
+    method and the old rows are unchanged; else built from every row. An item-holding
+    index is always built here, with ``items`` and ``meta`` (`index add` and `index
+    remove` grow or shrink those through their own methods and pass them as prepared)."""
     name, opts = config.component("index")
-    if previous is not None and 0 < previous[1] < len(embeddings):
-        index = pset.registry.build("index", name, opts, dim=int(embeddings.shape[1]), metric=metric)
-        if callable(getattr(index, "add", None)):
-            vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if len(embeddings) == 0:
+        raise PixdexError("the collection is empty: no image could be embedded, so there is nothing to index")
+    index = pset.registry.build("index", name, opts, dim=int(embeddings.shape[1]), metric=metric)
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    try:
+        if holds_items(index):
+            index.build(vectors, items=items, meta=meta)
+        elif previous is not None and 0 < previous[1] < len(vectors) and callable(getattr(index, "add", None)):
             try:
                 index.load(previous[0], mmap=False)  # a private, writable copy: the committed file stays as it is
                 index.add(vectors[previous[1] :], all_vectors=vectors)
             except ValueError as exc:
                 raise PixdexError(f"index '{name}' could not add the new rows: {exc}") from None
-            return index
-    return build_ann(pset, config, embeddings, metric)
-
-
-def build_ann(pset: PluginSet, config: Config, embeddings: np.ndarray, metric: str) -> Any:
-    name, opts = config.component("index")
-    if len(embeddings) == 0:
-        raise PixdexError("the collection is empty: no image could be embedded, so there is nothing to index")
-    index = pset.registry.build("index", name, opts, dim=int(embeddings.shape[1]), metric=metric)
-    try:
-        index.build(np.ascontiguousarray(embeddings, dtype=np.float32))
+        else:
+            index.build(vectors)
     except ValueError as exc:
         raise PixdexError(f"index '{name}' could not be built: {exc}") from None
     return index
@@ -113,20 +119,35 @@ def commit_index(
     carried_files: dict[str, dict[str, Any]] | None = None,
     notify: Callable[[str], None] = lambda m: None,
     previous: tuple[Path, int] | None = None,
+    prepared: Any = None,
 ) -> dict[str, Any]:
     """Build the ANN over ``contents`` (or grow the committed one, :func:`grow_ann`) and
-    commit every file plus the manifest together."""
+    commit every file plus the manifest together.
+
+    An item-holding index (:mod:`pixdex.retrieval.stored`) writes its rows into a new
+    version of its database instead of ``embeddings.npy`` and ``items.jsonl``; ``prepared``
+    is one that `index add` or `index remove` already wrote. The version is published
+    (``ann.publish()``) only after the folder's commit, and discarded if the commit fails."""
     name, opts = config.component("index")
-    ann = grow_ann(pset, config, contents.embeddings, metric, previous)
-    crash_point("index:built")
-    save_npy(writer, "embeddings.npy", contents.embeddings)
-    writer.write_jsonl("items.jsonl", contents.items)
-    writer.write_bytes("skipped.jsonl", jsonl_bytes(contents.skipped))
-    staging = writer.staging_dir()
-    names = ann.save(staging)
-    for old in _old_index_files(writer.folder, names):
-        writer.remove(old)
-    writer.adopt(list(names), prefix="index/")
+    ann = prepared or grow_ann(
+        pset, config, contents.embeddings, metric, previous, items=contents.items, meta=store_meta(model_record)
+    )
+    stored = holds_items(ann)
+    try:
+        crash_point("index:built")
+        if not stored:  # an item-holding index keeps the rows in its database instead
+            save_npy(writer, "embeddings.npy", contents.embeddings)
+            writer.write_jsonl("items.jsonl", contents.items)
+        writer.write_bytes("skipped.jsonl", jsonl_bytes(contents.skipped))
+        staging = writer.staging_dir()
+        names = ann.save(staging)
+        for old in _old_index_files(writer.folder, names) + _old_rows_files(writer.folder, stored):
+            writer.remove(old)
+        writer.adopt(list(names), prefix="index/")
+    except BaseException:
+        if stored:
+            ann.discard()  # the new version is not committed: nothing may serve it
+        raise
     params = dict(getattr(ann, "params", {}) or {})
     crash_point("index:staged")
 
@@ -151,13 +172,33 @@ def commit_index(
                     "options": opts,
                     "params": params,
                     "files": sorted("index/" + n for n in names),
+                    **({"holds_items": True} if stored else {}),
                 },
                 "files": {k: all_files[k] for k in sorted(all_files)},
             }
         )
 
-    writer.commit(manifest)
+    try:
+        writer.commit(manifest)
+    except BaseException:
+        if stored:
+            ann.discard()
+        raise
+    if stored:
+        crash_point("index:committed")
+        ann.publish()  # the alias follows the folder; a crash before this leaves the old one serving others
     return manifest({})  # for the caller's report; the committed one has the checksums
+
+
+def store_meta(model_record: dict[str, Any]) -> dict[str, Any]:
+    """What an item-holding index records in its database beside the rows, for the check
+    against the manifest (:func:`pixdex.retrieval.stored.check_store`)."""
+    return {"model_sha256": model_record.get("sha256"), "format": INDEX_FORMAT}
+
+
+def _old_rows_files(folder: Path, stored: bool) -> list[str]:
+    """A folder switching to an item-holding index drops the row files it no longer uses."""
+    return [n for n in ("embeddings.npy", "items.jsonl") if stored and (folder / n).exists()]
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -251,7 +292,9 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     files = manifest.get("files") or {}
     external = is_external(manifest)  # built from embeddings without a model: none to check
     model_files = () if external else ("model/model.safetensors", "model/pixdex.json")
-    for required in ("embeddings.npy", "items.jsonl", *model_files):
+    stored = bool(manifest["index"].get("holds_items"))  # rows in the index's database, checked on load
+    row_files = () if stored else ("embeddings.npy", "items.jsonl")
+    for required in (*row_files, *model_files):
         if required not in files:
             raise ArtifactError(f"{where}: the manifest lists no {required}; rebuild the index")
     for name, fact in files.items():
@@ -272,20 +315,25 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     for name in manifest["index"].get("files", []):
         if name not in files:
             raise ArtifactError(f"{where}: index file {name} is not covered by the manifest's checksums")
-    shape, dtype = _npy_shape(folder / "embeddings.npy")
-    if dtype != "<f4" and dtype != "float32" or len(shape) != 2:
-        raise ArtifactError(f"{where}: embeddings.npy is {dtype} {shape}, expected float32 [count, dim]")
-    if shape[1] != manifest.get("dim"):
-        raise ArtifactError(f"{where}: embeddings have dim {shape[1]} but the manifest says {manifest.get('dim')}")
-    if shape[0] != manifest.get("count"):
-        raise ArtifactError(
-            f"{where}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}"
-        )
+    if not stored:
+        _verify_embeddings(folder, manifest)
     if not external and files["model/model.safetensors"]["sha256"] != manifest["model"]["sha256"]:
         raise ArtifactError(f"{where}: model/model.safetensors is not the model the index was built with")
     if manifest["model"].get("embed_dim") != manifest["dim"]:
         raise ArtifactError(
             f"{where}: the model embeds {manifest['model'].get('embed_dim')} dims, the index holds {manifest['dim']}"
+        )
+
+
+def _verify_embeddings(folder: Path, manifest: dict[str, Any]) -> None:
+    shape, dtype = _npy_shape(folder / "embeddings.npy")
+    if dtype != "<f4" and dtype != "float32" or len(shape) != 2:
+        raise ArtifactError(f"{folder}: embeddings.npy is {dtype} {shape}, expected float32 [count, dim]")
+    if shape[1] != manifest.get("dim"):
+        raise ArtifactError(f"{folder}: embeddings have dim {shape[1]} but the manifest says {manifest.get('dim')}")
+    if shape[0] != manifest.get("count"):
+        raise ArtifactError(
+            f"{folder}: embeddings have {shape[0]} rows but the manifest says count {manifest.get('count')}"
         )
 
 
@@ -296,8 +344,8 @@ class OpenIndex:
     path: Path
     manifest: dict[str, Any]
     ann: Any
-    items: Sequence[dict[str, Any]]  # an ItemTable: records parsed when asked for
-    embeddings: np.ndarray  # memory-mapped float32[N, D]
+    items: Sequence[dict[str, Any]]  # an ItemTable (records parsed when asked for) or StoredItems
+    embeddings: Any  # memory-mapped float32[N, D], or StoredVectors (rows read from the database)
 
     @property
     def dim(self) -> int:
@@ -322,12 +370,6 @@ def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
         raise ArtifactError(f"{folder} is not a pixdex index folder (no manifest.json)")
     with reading(folder) as manifest:
         verify(folder, manifest)
-        items = ItemTable(folder / "items.jsonl")  # checksum-verified above; parsed row by row on use
-        if len(items) != manifest["count"]:
-            raise ArtifactError(
-                f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}"
-            )
-        embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
         spec = manifest["index"]
         ann = pset.registry.build(
             "index", spec["name"], spec.get("options") or {}, dim=manifest["dim"], metric=manifest["metric"]
@@ -338,6 +380,18 @@ def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
             raise ArtifactError(
                 f"{folder}: index '{spec['name']}' could not load its files: {type(exc).__name__}: {exc}"
             ) from None
+        if holds_items(ann):  # the rows are in its database: check it holds what the manifest says
+            check_store(folder, manifest, ann)
+            count = int(manifest["count"])
+            items: Sequence[dict[str, Any]] = StoredItems(ann, count)
+            embeddings: Any = StoredVectors(ann, count, int(manifest["dim"]))
+        else:
+            items = ItemTable(folder / "items.jsonl")  # checksum-verified above; parsed row by row on use
+            if len(items) != manifest["count"]:
+                raise ArtifactError(
+                    f"{folder}: items.jsonl has {len(items)} rows but the manifest says {manifest['count']}"
+                )
+            embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
     return OpenIndex(folder, manifest, ann, items, embeddings)
 
 

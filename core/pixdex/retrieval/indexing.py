@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from pixdex.retrieval.index_folder import (
 )
 from pixdex.retrieval.models import is_run_folder, open_model, stage_model
 from pixdex.retrieval.search import index_model
+from pixdex.retrieval.stored import StoredItems, StoredVectors, holds_items
 from pixdex.world import World
 
 
@@ -299,6 +300,8 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
     opened = open_index(folder, pset)  # verifies before anything is written
     if is_external(opened.manifest):
         index_model(opened, pset, purpose="`index add` of images")  # refuses, in one line
+    if holds_items(opened.ann):
+        return _add_stored(folder, data_spec, pset, opts)
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
         run = load_run(folder / "model", pset)
@@ -331,20 +334,11 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
 def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Options) -> dict[str, Any]:
     """Drop the rows of ``paths`` (as stored, or resolved); rows are compacted, ids kept."""
     folder = Path(index_dir)
-    open_index(folder, pset)
+    if holds_items(open_index(folder, pset).ann):
+        return _remove_stored(folder, paths, pset, opts)
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)
-        # match by the resolved path, so a relative, absolute or symlinked spelling all work
-        key = {p: str(Path(p).resolve()) for p in paths}
-        stored = [str(Path(it["path"]).resolve()) for it in items]
-        wanted = set(key.values())
-        drop = [i for i, resolved in enumerate(stored) if resolved in wanted]
-        found = {stored[i] for i in drop}
-        missing = sorted(p for p in paths if key[p] not in found)
-        if not drop:
-            raise PixdexError(f"none of the given paths is in {folder}: {', '.join(paths[:5])}")
-        if len(drop) == len(items):
-            raise PixdexError(f"removing every item would leave {folder} empty; delete the folder instead")
+        drop, missing = _rows_to_remove(folder, items, paths)
         keep = np.setdiff1d(np.arange(len(items)), np.asarray(drop))
         contents = IndexContents(
             embeddings[keep], number_rows([items[i] for i in keep.tolist()]), int(manifest["next_id"]), skipped_old
@@ -362,6 +356,96 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
             notify=opts.notify,
         )
     return {**info_record(folder, _committed(folder)), "removed": len(drop), "not_found": missing}
+
+
+def _rows_to_remove(folder: Path, items: Iterable[dict[str, Any]], paths: list[str]) -> tuple[list[int], list[str]]:
+    """Rows whose path is one of ``paths``, and the paths not found; refused when none
+    or all would go. Matched by the resolved path, so a relative, absolute or symlinked
+    spelling all work."""
+    key = {p: str(Path(p).resolve()) for p in paths}
+    wanted = set(key.values())
+    drop, found, count = [], set(), 0
+    for row, item in enumerate(items):
+        count += 1
+        resolved = str(Path(item["path"]).resolve())
+        if resolved in wanted:
+            drop.append(row)
+            found.add(resolved)
+    missing = sorted(p for p in paths if key[p] not in found)
+    if not drop:
+        raise PixdexError(f"none of the given paths is in {folder}: {', '.join(paths[:5])}")
+    if len(drop) == count:
+        raise PixdexError(f"removing every item would leave {folder} empty; delete the folder instead")
+    return drop, missing
+
+
+# --- item-holding indexes (a database keeps the rows): add and remove write a new version ---
+
+
+def _stored_change(
+    folder: Path, pset: PluginSet, opts: Options, change: Callable[[Any, dict[str, Any]], Any]
+) -> tuple[dict[str, Any], Any]:
+    """Under the folder's lock: re-open the index, let ``change(opened, manifest)`` write
+    the new version through the plugin (returning what the caller reports), and commit."""
+    with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
+        opened = open_index(folder, pset)  # re-read under the lock
+        manifest = opened.manifest
+        skipped_old = read_items(folder / "skipped.jsonl") if (folder / "skipped.jsonl").exists() else []
+        outcome = change(opened, manifest)
+        ann = opened.ann
+        count = len(ann)
+        contents = IndexContents(
+            StoredVectors(ann, count, opened.dim),
+            StoredItems(ann, count),
+            int(manifest["next_id"]) + int(outcome.get("added", 0)),
+            _merge_skips(skipped_old, outcome.get("skipped_entries", [])),
+        )
+        commit_index(
+            writer,
+            pset,
+            _index_config(pset, manifest, opts.runtime),
+            contents,
+            metric=manifest["metric"],
+            model_record=manifest["model"],
+            created=manifest["created"],
+            carried_files=_carried(manifest),
+            notify=opts.notify,
+            prepared=ann,
+        )
+    return outcome, _committed(folder)
+
+
+def _add_stored(folder: Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
+    def change(opened: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+        run = load_run(folder / "model", pset)
+        present = {it["sha256"] for it in opened.items if it.get("sha256")}
+        coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
+        added = new_items(coll, embedded, facts, int(manifest["next_id"]))
+        crash_point("index:embedded")
+        if added:
+            first = len(opened.ann)
+            rows = [{"id": it["id"], "row": first + i, **it} for i, it in enumerate(added)]
+            try:
+                opened.ann.add(embedded.embeddings, items=rows)
+            except ValueError as exc:
+                raise PixdexError(f"index '{manifest['index']['name']}' could not add the new rows: {exc}") from None
+        return {"added": len(added), "skipped_entries": skipped}
+
+    outcome, committed = _stored_change(folder, pset, opts, change)
+    return {**info_record(folder, committed), **outcome}
+
+
+def _remove_stored(folder: Path, paths: list[str], pset: PluginSet, opts: Options) -> dict[str, Any]:
+    def change(opened: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+        drop, missing = _rows_to_remove(folder, opened.items, paths)
+        try:
+            opened.ann.remove(drop)
+        except ValueError as exc:
+            raise PixdexError(f"index '{manifest['index']['name']}' could not remove the rows: {exc}") from None
+        return {"removed": len(drop), "not_found": missing}
+
+    outcome, committed = _stored_change(folder, pset, opts, change)
+    return {**info_record(folder, committed), **outcome}
 
 
 def _committed(folder: Path) -> dict[str, Any]:

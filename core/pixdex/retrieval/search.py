@@ -14,6 +14,7 @@ from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import embed_keys
 from pixdex.retrieval.index_folder import OpenIndex, is_external, open_index
+from pixdex.retrieval.stored import holds_items
 
 
 def index_model(
@@ -65,11 +66,48 @@ def embed_queries(
     return [paths[p] for p in embedded.positions.tolist()], embedded.embeddings, skipped
 
 
-def neighbours(index: OpenIndex, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbours(
+    index: OpenIndex, vectors: np.ndarray, k: int, *, label: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ANN's top-``k`` rows and scores for ``vectors``; with ``label``, among the items
+    of that label only: through the database's payload filter for an item-holding index,
+    else by exact search over those rows (:func:`labelled_search`)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     try:
-        return index.ann.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        if label is None:
+            return index.ann.search(vectors, k)
+        if holds_items(index.ann):
+            ids, scores = index.ann.search(vectors, k, label=label)
+        else:
+            ids, scores = labelled_search(index, vectors, k, label)
     except ValueError as exc:
         raise PixdexError(f"search failed: {exc}") from None
+    if not (ids >= 0).any():
+        raise PixdexError(f"{index.path} has no item labelled {label!r} (labels match exactly, case included)")
+    return ids, scores
+
+
+def labelled_search(index: OpenIndex, vectors: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` among the rows labelled ``label``, scored as the flat index scores
+    (an ANN built over every row cannot be asked for one label's rows)."""
+    from pixdex.recall import exact_topk
+    from pixdex.vectors import normalise
+
+    rows = np.asarray([r for r, it in enumerate(index.items) if it.get("label") == label], dtype=np.int64)
+    ids = np.full((len(vectors), k), -1, dtype=np.int64)
+    scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+    if len(rows) == 0:
+        return ids, scores
+    gallery = np.asarray(index.embeddings[rows], dtype=np.float32)
+    if index.metric == "cosine":
+        gallery, vectors = normalise(gallery), normalise(vectors)
+    found, keys = exact_topk(gallery, vectors, k, index.metric)
+    if index.metric == "l2":  # keys are 2 q.x - |x|^2: the squared distance is |q|^2 - key
+        squared = (vectors.astype(np.float64) ** 2).sum(axis=1, keepdims=True) - keys
+        keys = 0.0 - np.sqrt(np.maximum(squared, 0.0))
+    ids[:, : found.shape[1]] = rows[found]
+    scores[:, : found.shape[1]] = keys
+    return ids, scores
 
 
 def ranked_matches(
@@ -113,18 +151,20 @@ def search(
     model: str | None = None,
     max_pixels: int,
     notify: Callable[[str], None] = lambda m: None,
+    label: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], OpenIndex]:
-    """Ranked matches for each query image: one row per query with its ``matches``."""
+    """Ranked matches for each query image: one row per query with its ``matches``
+    (among the items labelled ``label`` when given)."""
     index = open_index(index_dir, pset)
     run = index_model(index, pset, model)
     paths, vectors, skipped = embed_queries(run, queries, runtime, max_pixels=max_pixels, notify=notify)
-    ids, scores = neighbours(index, vectors, k)
+    ids, scores = neighbours(index, vectors, k, label=label)
     rows = [{"query": q, "matches": ranked_matches(index, i, s)} for q, i, s in zip(paths, ids, scores)]
     return rows, skipped, index
 
 
 def search_vectors(
-    index_dir: str | Path, vectors_file: str | Path, pset: PluginSet, *, k: int = 10
+    index_dir: str | Path, vectors_file: str | Path, pset: PluginSet, *, k: int = 10, label: str | None = None
 ) -> list[dict[str, Any]]:
     """Ranked matches for each row of a .npy of query vectors (made by the index's model,
     or any model for an index built from external embeddings): no model is loaded."""
@@ -132,7 +172,7 @@ def search_vectors(
 
     index = open_index(index_dir, pset)
     vectors = load_vectors(vectors_file, index.dim)
-    ids, scores = neighbours(index, vectors, k)
+    ids, scores = neighbours(index, vectors, k, label=label)
     name = Path(vectors_file).name
     return [
         {"query": f"{name}#{q}", "matches": ranked_matches(index, i, s)} for q, (i, s) in enumerate(zip(ids, scores))
