@@ -133,7 +133,7 @@ def test_auto_backbone_photos_without_the_extra_fall_back_with_a_note(photos, tm
     backbone = manifest["config"]["backbone"]
     assert backbone["name"] == "simple-cnn" and backbone["input_size"] == 112
     assert manifest["config"]["transform"]["flip"] == 0.5  # the photos preset's augmentation
-    assert manifest["config"]["transform"]["scale"] == [0.6, 1.0]
+    assert manifest["config"]["transform"]["scale"] == [0.85, 1.0]
     assert "pip install 'pixdex[pretrained]'" in err
     assert "backbone auto: colour photos, short side 72 px -> simple-cnn at 112 px" in err
     assert out["recipe"]["backbone_rule"].startswith("colour photos")
