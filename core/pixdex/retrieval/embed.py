@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -85,12 +84,6 @@ def file_facts(key: str, opener: Any = None) -> dict[str, Any]:
     return {"size": None, "mtime": None, "sha256": None}
 
 
-def facts_for(keys: Sequence[str], opener: Any = None, threads: int = 4) -> list[dict[str, Any]]:
-    """file_facts for many keys; hashing releases the GIL, so threads overlap the reads."""
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda k: file_facts(k, opener), keys))
-
-
 @dataclass
 class Embedded:
     """Rows that were embedded: ``positions`` index the input keys."""
@@ -125,26 +118,28 @@ def embed_keys(
         from tqdm import tqdm
 
         bar = tqdm(total=len(keys), desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
-    parts, positions, skipped = [], [], []
-    done = 0
+    dim = int(run.pipeline.backbone.embed_dim)
+    # filled in place: one matrix, never a list of batches and their concatenation; the
+    # rows of skipped images are never written, so their pages are never touched
+    emb_all = np.empty((len(keys), dim), dtype=np.float32)
+    pos_all = np.empty(len(keys), dtype=np.int64)
+    skipped: list[dict[str, Any]] = []
+    filled = done = 0
     for emb, _, idx, _ in forward_batches(model, transform, source, place):
         emb = emb.float().cpu().numpy()
         finite = np.isfinite(emb).all(axis=1)
         for pos in idx[~torch.from_numpy(finite)].tolist():
             skipped.append({"path": keys[pos], "reason": "non-finite", "detail": "the model produced NaN or inf"})
-        parts.append(emb[finite])
-        positions.append(idx.numpy()[finite])
+        kept = int(finite.sum())
+        emb_all[filled : filled + kept] = emb[finite]
+        pos_all[filled : filled + kept] = idx.numpy()[finite]
+        filled += kept
         if bar is not None:
             bar.update(len(idx) + (len(source.skipped) - done))
             done = len(source.skipped)
     if bar is not None:
         bar.close()
-    dim = int(run.pipeline.backbone.embed_dim)
-    emb_all = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    pos_all = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-    return Embedded(
-        np.ascontiguousarray(emb_all, dtype=np.float32), pos_all.astype(np.int64), list(source.skipped) + skipped
-    )
+    return Embedded(emb_all[:filled], pos_all[:filled], list(source.skipped) + skipped)
 
 
 def save_npy(writer: Any, name: str, array: np.ndarray) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ from pixdex.pipeline.runs import LoadedRun, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import Collection, Embedded, save_npy
 from pixdex.retrieval.item_table import ItemTable, RowsById
+from pixdex.retrieval.records import NewItems, Numbered
 from pixdex.retrieval.stored import StoredItems, StoredVectors, check_store, holds_items
 
 INDEX_FORMAT = "pixdex-index"
@@ -101,10 +101,11 @@ def grow_ann(
 class IndexContents:
     """Everything an index folder holds, before it is written."""
 
-    embeddings: np.ndarray
-    items: list[dict[str, Any]]
+    embeddings: np.ndarray  # or a read-only memory map of the file already staged as embeddings.npy
+    items: Any  # a sized iterable of records, iterated once (Numbered, ItemStream, a list)
     next_id: int
     skipped: list[dict[str, Any]]
+    embeddings_staged: bool = False
 
 
 def commit_index(
@@ -135,8 +136,9 @@ def commit_index(
     stored = holds_items(ann)
     try:
         crash_point("index:built")
-        if not stored:  # an item-holding index keeps the rows in its database instead
-            save_npy(writer, "embeddings.npy", contents.embeddings)
+        if not stored:  # an item-holding index keeps the rows itself
+            if not contents.embeddings_staged:
+                save_npy(writer, "embeddings.npy", contents.embeddings)
             writer.write_jsonl("items.jsonl", contents.items)
         writer.write_bytes("skipped.jsonl", jsonl_bytes(contents.skipped))
         staging = writer.staging_dir()
@@ -221,34 +223,14 @@ def _old_index_files(folder: Path, keep: list[str]) -> list[str]:
     return [f"index/{p.name}" for p in old.iterdir() if p.is_file() and p.name not in keep and ".tmp-" not in p.name]
 
 
-def new_items(
-    collection: Collection, embedded: Embedded, facts: list[dict[str, Any]], first_id: int
-) -> list[dict[str, Any]]:
-    records = []
-    for offset, pos in enumerate(embedded.positions.tolist()):
-        key, label = collection.items[pos]
-        f = facts[pos]
-        # absolute, so thumbnails, `index remove` and search output work from any folder
-        is_file = f.get("size") is not None
-        record = {
-            "id": first_id + offset,
-            "path": os.path.abspath(key) if is_file else key,
-            "label": label,
-            "size": f.get("size"),
-            "mtime": f.get("mtime"),
-            "sha256": f.get("sha256"),
-        }
-        if not is_file and collection.spec:
-            record["dataset"] = collection.spec  # `idx:train/000123` opens only through its dataset
-        records.append(record)
-    return records
+def new_items(collection: Collection, embedded: Embedded, facts: Sequence[dict[str, Any]], first_id: int) -> NewItems:
+    """The records of the rows ``embedded`` holds, made as they are written (:class:`NewItems`)."""
+    return NewItems(collection, embedded.positions, facts, first_id)
 
 
-def number_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"id": it["id"], "row": row, **{k: v for k, v in it.items() if k not in ("id", "row")}}
-        for row, it in enumerate(items)
-    ]
+def number_rows(*parts: Any) -> Numbered:
+    """``parts`` (sized iterables of records) as one, ``row`` numbered 0.. in order."""
+    return Numbered(*parts)
 
 
 # --- verification --------------------------------------------------------------------------
@@ -376,6 +358,8 @@ def open_index(folder: str | Path, pset: PluginSet) -> OpenIndex:
         )
         try:
             ann.load(folder / "index", mmap=True)
+        except PixdexError:
+            raise  # the plugin's own one-line message (a database that cannot be reached)
         except Exception as exc:  # plugin code on verified files: still one line, never a traceback
             raise ArtifactError(
                 f"{folder}: index '{spec['name']}' could not load its files: {type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ from pixdex.device import placement
 from pixdex.errors import PixdexError
 from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint, now
 from pixdex.plugins import PluginSet
-from pixdex.retrieval.embed import collect, embed_keys, facts_for, npy_bytes, save_npy
+from pixdex.retrieval.embed import collect, embed_keys, npy_bytes, save_npy
 from pixdex.retrieval.index_folder import (
     IndexContents,
     commit_index,
@@ -29,7 +29,9 @@ from pixdex.retrieval.index_folder import (
     resolve_metric,
     verify,
 )
+from pixdex.retrieval.item_table import ItemTable
 from pixdex.retrieval.models import is_run_folder, open_model, stage_model
+from pixdex.retrieval.records import FactTable, Selected, ShaSet, fact_table
 from pixdex.retrieval.search import index_model
 from pixdex.retrieval.stored import StoredItems, StoredVectors, holds_items
 from pixdex.world import World
@@ -51,25 +53,22 @@ class Options:
 
 
 def _embed_collection(
-    run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *, skip_sha: set[str] | None = None
-) -> tuple[Any, Any, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(collection, embedded, facts of embedded rows' sources, skipped) for DATA."""
+    run: LoadedRun, data_spec: str, pset: PluginSet, opts: Options, *, skip_sha: ShaSet | None = None
+) -> tuple[Any, Any, FactTable, list[dict[str, Any]]]:
+    """(collection, embedded, facts of the collection's sources, skipped) for DATA; with
+    ``skip_sha``, images whose sha256 it holds are left out, and copies of one new image
+    are embedded once."""
     coll = collect(data_spec, pset, labels=opts.labels, split=opts.split)
     if not coll.items and not coll.skipped:
         raise PixdexError(f"{data_spec} holds no images: the collection is empty")
-    facts = facts_for([k for k, _ in coll.items], coll.opener)
+    facts = fact_table([k for k, _ in coll.items], coll.opener)
     keep = list(range(len(coll.items)))
     if skip_sha is not None:
-        keep = [i for i in keep if facts[i].get("sha256") is None or facts[i]["sha256"] not in skip_sha]
-        seen: set[str] = set()
-        unique = []
-        for i in keep:  # two copies of one new image are embedded once
-            sha = facts[i].get("sha256")
-            if sha is None or sha not in seen:
-                unique.append(i)
-                if sha:
-                    seen.add(sha)
-        keep = unique
+        keep = [i for i in keep if facts.sha256(i) is None or facts.sha256(i) not in skip_sha]
+        hashed = np.asarray([i for i in keep if facts.sha[i]], dtype=np.int64)
+        _, first = np.unique(facts.sha[hashed], return_index=True)  # the first copy of each digest
+        kept = set(hashed[first].tolist())
+        keep = [i for i in keep if not facts.sha[i] or i in kept]
     world = opts.world
     place = placement(opts.runtime["device"], opts.runtime["precision"], world=world, notify=opts.notify)
     lo, hi = contiguous_shard(len(keep), world)
@@ -266,16 +265,39 @@ def shard_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.shards-{job}"
 
 
-def _current(
-    folder: Path, pset: PluginSet
-) -> tuple[dict[str, Any], np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
-    """The committed state of an index folder (verified), loaded into memory for a rewrite."""
+def _current(folder: Path, pset: PluginSet) -> tuple[dict[str, Any], np.ndarray, ItemTable, list[dict[str, Any]]]:
+    """The committed state of an index folder (verified) for a rewrite: the embeddings
+    memory-mapped and the items read on demand (committed files are replaced by rename,
+    never changed in place, so both stay valid while the new version is staged)."""
     with reading(folder) as manifest:
         verify(folder, manifest)
-        items = read_items(folder / "items.jsonl")
-        embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)
+        items = ItemTable(folder / "items.jsonl")
+        embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
         skipped = read_items(folder / "skipped.jsonl") if (folder / "skipped.jsonl").exists() else []
     return manifest, embeddings, items, skipped
+
+
+def stage_rows(
+    writer: FolderWriter, parts: list[np.ndarray], dim: int, *, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Write ``parts`` one after another (only ``rows`` of a single part, when given) as the
+    staged ``embeddings.npy``, a memory-mapped file filled in chunks, and return it
+    memory-mapped read-only: the new matrix never exists in anonymous memory, and the ANN
+    is built from its pages."""
+    pieces = [(parts[0], rows)] if rows is not None else [(p, None) for p in parts]
+    total = sum(len(p) if r is None else len(r) for p, r in pieces)
+    out = np.lib.format.open_memmap(writer.path_for("embeddings.npy"), mode="w+", dtype=np.float32, shape=(total, dim))
+    row = 0
+    for part, selection in pieces:
+        n = len(part) if selection is None else len(selection)
+        for start in range(0, n, 65536):
+            which = slice(start, start + 65536) if selection is None else selection[start : start + 65536]
+            chunk = np.asarray(part[which], dtype=np.float32)
+            out[row : row + len(chunk)] = chunk
+            row += len(chunk)
+    out.flush()
+    del out
+    return np.load(writer.path_for("embeddings.npy"), mmap_mode="r", allow_pickle=False)
 
 
 def _index_config(pset: PluginSet, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
@@ -305,15 +327,16 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
         run = load_run(folder / "model", pset)
-        present = {it["sha256"] for it in items if it.get("sha256")}
+        present = ShaSet(it.get("sha256") for it in items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
         crash_point("index:embedded")
         contents = IndexContents(
-            np.concatenate([embeddings, embedded.embeddings]) if len(added) else embeddings,
-            number_rows(items + added),
+            stage_rows(writer, [embeddings, embedded.embeddings], int(manifest["dim"])),
+            number_rows(items, added),
             int(manifest["next_id"]) + len(added),
             _merge_skips(skipped_old, skipped),
+            embeddings_staged=True,
         )
         config = _index_config(pset, manifest, opts.runtime)
         commit_index(
@@ -341,7 +364,11 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
         drop, missing = _rows_to_remove(folder, items, paths)
         keep = np.setdiff1d(np.arange(len(items)), np.asarray(drop))
         contents = IndexContents(
-            embeddings[keep], number_rows([items[i] for i in keep.tolist()]), int(manifest["next_id"]), skipped_old
+            stage_rows(writer, [embeddings], int(manifest["dim"]), rows=keep),
+            number_rows(Selected(items, keep)),
+            int(manifest["next_id"]),
+            skipped_old,
+            embeddings_staged=True,
         )
         config = _index_config(pset, manifest, opts.runtime)
         commit_index(
@@ -418,7 +445,7 @@ def _stored_change(
 def _add_stored(folder: Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
     def change(opened: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         run = load_run(folder / "model", pset)
-        present = {it["sha256"] for it in opened.items if it.get("sha256")}
+        present = ShaSet(it.get("sha256") for it in opened.items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
         crash_point("index:embedded")
@@ -515,7 +542,7 @@ def embed_to_folder(
     items = number_rows(new_items(coll, embedded, facts, 0))
     with FolderWriter(out_dir, lock_timeout=opts.lock_timeout) as writer:
         save_npy(writer, "embeddings.npy", embedded.embeddings)
-        writer.write_bytes("items.jsonl", jsonl_bytes(items))
+        writer.write_jsonl("items.jsonl", items)
         writer.write_bytes("skipped.jsonl", jsonl_bytes(skipped))
         writer.commit(
             lambda files: {

@@ -366,7 +366,8 @@ def _image_queries(
     from pixdex.data.images import has_image_extension
     from pixdex.device import placement
     from pixdex.errors import PixdexError
-    from pixdex.retrieval.embed import embed_keys, facts_for
+    from pixdex.retrieval.embed import embed_keys
+    from pixdex.retrieval.records import fact_table
     from pixdex.retrieval.search import index_model
 
     run = index_model(index, pset)
@@ -387,7 +388,7 @@ def _image_queries(
         if not items:
             continue
         keys = [k for k, _ in items]
-        facts = facts_for(keys, opener)
+        facts = fact_table(keys, opener)
         embedded = embed_keys(
             run,
             keys,
