@@ -1,7 +1,9 @@
 """Index comparison: pixdex's ``flat``, ``annoy`` and ``hnsw`` index plugins with their
 defaults (annoy's search_k and hnsw's ef tuned at build time to recall@10 >= 0.95 on
-sampled rows), side by side on the same vectors, plus raw hnswlib at hnsw's graph settings
-and tuned ef when it is installed (the peer library the plugin was chosen against).
+sampled rows), side by side on the same vectors, plus raw usearch searching the hnsw
+plugin's own file at its ef (what the plugin's Python around usearch costs), and raw
+hnswlib at hnsw's graph settings and tuned ef when it is installed (the peer library the
+plugin was chosen against).
 
     python bench/index_compare.py [--n 60000] [--dim 128] [--queries 1000] [--data DIR]
                                   [--indexes flat,annoy,hnsw] [--json OUT]
@@ -69,7 +71,16 @@ def child(spec: dict) -> dict:
     queries = np.load(spec["queries"])
     truth = np.load(spec["truth"])
     name = spec["name"]
-    if name == "raw hnswlib":
+    if name == "raw usearch":  # the hnsw plugin's own file, searched by usearch with nothing around it
+        from usearch.index import Index
+
+        index = Index.restore(spec["folder"], view=True)
+        index.expansion_search = spec["ef"]
+
+        def search(q: np.ndarray) -> np.ndarray:
+            threads = 1 if len(q) < 64 else 0  # as the plugin: one thread for one query
+            return np.asarray(index.search(q, K, threads=threads).keys, dtype=np.int64).reshape(len(q), -1)
+    elif name == "raw hnswlib":
         import hnswlib
 
         index = hnswlib.Index(space="cosine", dim=queries.shape[1])
@@ -155,12 +166,20 @@ def main() -> None:
             record["rss_above_baseline_mb"] = record["rss_mb"] - base
             results.append(record)
             if name == "hnsw":
+                p = record["params"]
+                usearch_file = str(work / "hnsw" / "index.usearch")
+                raw_us = {"index": "raw usearch", "build_s": record["build_s"], "file_mb": record["file_mb"]}
+                raw_us |= {"params": {"ef": p["ef"], "connectivity": p["connectivity"]}}
+                raw_us |= run_child(
+                    {**common, "name": "raw usearch", "folder": usearch_file, "ef": p["ef"], "load": True}
+                )
+                raw_us["rss_above_baseline_mb"] = raw_us["rss_mb"] - base
+                results.append(raw_us)
                 try:
                     import hnswlib  # noqa: F401
                 except ImportError:
                     print("raw hnswlib: not installed (pip install hnswlib), skipped")
                     continue
-                p = record["params"]
                 raw = build_hnswlib(rows, work / "hnswlib", p["connectivity"], p["expansion_add"], p["ef"])
                 folder = str(work / "hnswlib" / "index.bin")
                 raw |= run_child({**common, "name": "raw hnswlib", "folder": folder, "ef": p["ef"], "load": True})

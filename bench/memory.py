@@ -11,6 +11,13 @@ Each command runs in its own process; its peak RSS (ru_maxrss) is compared with 
 baseline process that imports the same libraries and opens the same index
 (`pixdex index info`), and the difference with the size of the embeddings involved.
 
+Parts 2 and 3 also run the ANN alone, side by side: a process that builds the same index
+plugin over the same vectors (held in memory for 2, memory-mapped from the source for 3,
+as pixdex holds them) and saves it, against one that only imports the same libraries.
+What pixdex needs beyond that is its own bookkeeping (listing, facts, item records,
+manifest, checksums): ``bookkeeping_mb`` = (pixdex - its baseline) - (ANN alone - its
+baseline), and ``bookkeeping_over_embeddings`` its ratio to the embeddings' size.
+
     python bench/memory.py [--gallery 60000] [--queries 10000] [--images 100000]
                            [--vectors 1000000] [--parts 123]
 """
@@ -85,6 +92,42 @@ def synthetic_index(folder: Path, n: int, dim: int, classes: int, seed: int) -> 
         )
 
 
+ANN_ALONE = r"""
+import sys, tempfile
+import numpy as np
+from pixdex.plugins import load_plugins
+source, n, dim, build = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "build"
+pset = load_plugins(entry_points=[])
+if build:
+    if source == "-":  # the embeddings in memory, as an image build holds them
+        x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    else:  # memory-mapped, as --from-embeddings reads them
+        x = np.load(source, mmap_mode="r")
+    index = pset.registry.build("index", "flat", {}, dim=dim, metric="cosine")
+    index.build(np.ascontiguousarray(x, dtype=np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(tmp)
+"""
+
+
+def ann_alone_mb(source: str, n: int, dim: int) -> tuple[float, float]:
+    """(peak RSS of building the flat index alone over the vectors, of the same process
+    without building), in MiB."""
+    py = [sys.executable, "-c", ANN_ALONE, source, str(n), str(dim)]
+    return peak_rss_mb(py + ["build"])[0], peak_rss_mb(py + ["none"])[0]
+
+
+def split(peak: float, base: float, ann_peak: float, ann_base: float, emb_mb: float) -> dict[str, float]:
+    """The bookkeeping share of a build's extra memory (see the module docstring)."""
+    ann = ann_peak - ann_base
+    book = (peak - base) - ann
+    return {
+        "ann_alone_extra_mb": round(ann, 1),
+        "bookkeeping_mb": round(book, 1),
+        "bookkeeping_over_embeddings": round(book / emb_mb, 2),
+    }
+
+
 def part_evaluate(tmp: Path, gallery: int, queries: int, dim: int) -> None:
     synthetic_index(tmp / "gallery", gallery, dim, 10, 1)
     synthetic_index(tmp / "queries", queries, dim, 10, 2)
@@ -148,6 +191,7 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
     base, _ = peak_rss_mb(py + ["index", "build", "simple-cnn", str(small), "-o", str(tmp / "small-index"), *args])
     peak, seconds = peak_rss_mb(py + ["index", "build", "simple-cnn", str(root), "-o", str(tmp / "index"), *args])
     emb_mb = images * dim * 4 / 2**20
+    ann = split(peak, base, *ann_alone_mb("-", images, dim), emb_mb)
     print(
         json.dumps(
             {
@@ -159,6 +203,7 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
                 "peak_rss_mb": round(peak, 1),
                 "extra_over_baseline_mb": round(peak - base, 1),
                 "extra_over_embeddings": round((peak - base) / emb_mb, 2),
+                **ann,
                 "seconds": round(seconds, 1),
                 "baseline": "the same build over 10 images",
             }
@@ -190,6 +235,7 @@ def part_precomputed(tmp: Path, n: int, dim: int) -> None:
     search_peak, search_s = peak_rss_mb(py + [search[0], str(tmp / "big-idx"), *search[1:]])
     emb_mb = n * dim * 4 / 2**20
     items_mb = (source / "items.jsonl").stat().st_size / 2**20
+    ann = split(peak, base, *ann_alone_mb(str(source / "embeddings.npy"), n, dim), emb_mb)
     print(
         json.dumps(
             {
@@ -203,6 +249,8 @@ def part_precomputed(tmp: Path, n: int, dim: int) -> None:
                 "peak_rss_mb": round(peak, 1),
                 "extra_over_baseline_mb": round(peak - base, 1),
                 "extra_over_embeddings": round((peak - base) / emb_mb, 2),
+                **ann,
+                "limit_mb": round(1.5 * emb_mb + 1536, 1),
                 "seconds": round(seconds, 1),
                 "search_peak_rss_mb": round(search_peak, 1),
                 "search_extra_over_baseline_mb": round(search_peak - search_base, 1),

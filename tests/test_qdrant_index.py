@@ -191,3 +191,12 @@ def test_serve_answers_from_the_database(pair, gallery):
             assert thumb.status_code == 200 and thumb.headers["content-type"].startswith("image/")
             got.append((answers(similar), answers(searched)))
     assert got[1] == got[0] and len(got[0][0][0]) == 4
+
+
+def test_an_unreachable_server_is_one_line(tiny_index, tmp_path):
+    fails(
+        "index", "build", "--from-embeddings", str(tiny_index), "-o", str(tmp_path / "idx"), "--index", "qdrant",
+        "--set", "index.url=http://127.0.0.1:9", "--set", "index.timeout=2",
+        message="check that the server is running and index.url (or PIXDEX_QDRANT_URL) points to it",
+    )  # fmt: skip
+    assert not (tmp_path / "idx" / "manifest.json").exists()

@@ -17,6 +17,7 @@ reader may still be on it) and older ones are dropped.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pixdex.plugin_api import TUNE_K, cache_root, check_dim, check_matrix, check_metric, sample_ids
+from pixdex.plugin_api import TUNE_K, PixdexError, cache_root, check_dim, check_matrix, check_metric, sample_ids
 
 CONNECTION_FILE = "connection.json"
 _VERSION = r"-\d{8}T\d{6}-[0-9a-f]{8}"
@@ -42,6 +43,7 @@ _SEARCH_CHUNK = 256  # queries per request
 # exists only inside the client that made it
 _CLIENTS: dict[tuple[str, str], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+_EMBEDDED_CALLS = threading.RLock()  # the embedded store is not thread-safe (pixdex serve has threads)
 
 
 def close_clients() -> None:
@@ -108,7 +110,6 @@ class QdrantIndex:
         self.version: str | None = None  # the collection this index reads and writes
         self.n_items = 0
         self._published = False
-        self._lock = threading.RLock()  # the embedded client is not thread-safe
 
     # --- connection -----------------------------------------------------------------------
 
@@ -130,7 +131,11 @@ class QdrantIndex:
             if key not in _CLIENTS:
                 if key[0] == "url":
                     api_key = os.environ.get(self.api_key_env) or None
-                    _CLIENTS[key] = self._qc.QdrantClient(url=key[1], api_key=api_key, timeout=self.timeout)
+                    # no version probe: it runs in a thread of its own and warns on stderr when the
+                    # server is down, where the first real call already fails in one line
+                    _CLIENTS[key] = self._qc.QdrantClient(
+                        url=key[1], api_key=api_key, timeout=self.timeout, check_compatibility=False
+                    )
                 elif key[0] == "memory":
                     _CLIENTS[key] = self._qc.QdrantClient(location=":memory:")
                 else:
@@ -139,8 +144,23 @@ class QdrantIndex:
             return _CLIENTS[key]
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            return getattr(self.client, method)(*args, **kwargs)
+        """One client call; a failure of the database (unreachable, refused, locked by
+        another process) becomes one line naming the store and what to do."""
+        try:
+            with _EMBEDDED_CALLS if self.embedded else contextlib.nullcontext():
+                return getattr(self.client, method)(*args, **kwargs)
+        except PixdexError:
+            raise
+        except Exception as exc:  # the client's own exception types differ by transport
+            where = describe_location(self.location)
+            hint = (
+                "the embedded store admits one process at a time: stop the other one, or use a Qdrant server"
+                if self.embedded and "already accessed" in str(exc)
+                else "check that the server is running and index.url (or PIXDEX_QDRANT_URL) points to it"
+                if not self.embedded
+                else "check the store's folder"
+            )
+            raise PixdexError(f"qdrant ({where}): {method} failed: {type(exc).__name__}: {exc}; {hint}") from None
 
     @property
     def params(self) -> dict[str, Any]:

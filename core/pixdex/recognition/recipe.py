@@ -22,8 +22,9 @@ The rules, and why:
   :data:`PHOTO_MIN_SIDE` pixels fine-tune the ImageNet-pretrained
   ``timm:tf_efficientnet_lite0`` when the ``[pretrained]`` extra is installed, with the
   ``photos`` preset's augmentation (mild crops and flips) and a fine-tuning learning rate
-  (a quarter of the from-scratch one, the same for body and classifier), at the images' own scale (:func:`pretrained_input_size`: 96 px
-  emoji train at 96, not at ImageNet's 224, which costs 5x the time on a CPU); without the
+  (a quarter of the from-scratch one, the same for body and classifier), at the images'
+  own scale (:func:`pretrained_input_size`: 96 px emoji train at 96, not at ImageNet's
+  224, which costs 5x the time on a CPU); without the
   extra they train ``simple-cnn`` at 112 px and a note says how to get the pretrained one.
   Small or greyscale images train ``simple-cnn`` from scratch at their native size (a square
   of the median short side when sizes are mixed), without flips (orientation can be the
