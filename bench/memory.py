@@ -98,21 +98,22 @@ import numpy as np
 from pixdex.plugins import load_plugins
 source, n, dim, build = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "build"
 pset = load_plugins(entry_points=[])
-if build:
-    if source == "-":  # the embeddings in memory, as an image build holds them
-        x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
-    else:  # memory-mapped, as --from-embeddings reads them
-        x = np.load(source, mmap_mode="r")
-    index = pset.registry.build("index", "flat", {}, dim=dim, metric="cosine")
-    index.build(np.ascontiguousarray(x, dtype=np.float32))
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save(tmp)
+if not build:  # the baseline: the same imports and a 20-row index, so only the vectors differ
+    source, n = "-", 20
+if source == "-":  # the embeddings in memory, as an image build holds them
+    x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
+else:  # memory-mapped, as --from-embeddings reads them
+    x = np.load(source, mmap_mode="r")
+index = pset.registry.build("index", "flat", {}, dim=dim, metric="cosine")
+index.build(np.ascontiguousarray(x, dtype=np.float32))
+with tempfile.TemporaryDirectory() as tmp:
+    index.save(tmp)
 """
 
 
 def ann_alone_mb(source: str, n: int, dim: int) -> tuple[float, float]:
     """(peak RSS of building the flat index alone over the vectors, of the same process
-    without building), in MiB."""
+    over 20 rows), in MiB."""
     py = [sys.executable, "-c", ANN_ALONE, source, str(n), str(dim)]
     return peak_rss_mb(py + ["build"])[0], peak_rss_mb(py + ["none"])[0]
 
@@ -180,7 +181,7 @@ def part_build(tmp: Path, images: int, dim: int) -> None:
         "--device",
         "cpu",
         "--workers",
-        "2",
+        "0",  # decoding in the process itself: DataLoader workers' own peaks would blur the figure
         "--batch-size",
         "512",
     ]
