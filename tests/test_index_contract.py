@@ -99,6 +99,21 @@ def test_higher_scores_are_more_similar_and_k_past_the_collection_pads(plugins, 
         assert np.isneginf(scores[:, 7:]).all()
 
 
+@pytest.mark.parametrize("name", INDEXES)
+def test_a_collection_of_every_small_size_builds(plugins, name):
+    """1 to 24 rows: the tuners' samples (held-out rows, leave-one-out) shrink with the
+    collection, and the exact answers they compare with hold fewer than 10 rows."""
+    for n in range(1, 25):
+        x = vectors(n, seed=n)
+        index = made(plugins, name, "cosine")
+        index.build(x)
+        ids, scores = index.search(x, 10)
+        check_answer(ids, scores, n, n, 10)
+        assert ids[:, 0].tolist() == list(range(n)), n  # every stored row is its own best match
+        if name not in EXACT:
+            assert 0.0 <= index.params["recall_at_10"] <= 1.0, (n, index.params)
+
+
 @pytest.mark.parametrize("mmap", [True, False])
 @pytest.mark.parametrize("name", INDEXES)
 def test_what_save_wrote_load_reads_back(plugins, name, mmap, tmp_path):

@@ -126,7 +126,7 @@ def measure_recall(
     than those of new queries even so (hnsw on 16-d gaussians: 0.99 leave-one-out, 0.89
     held out), so it tunes on rows it holds out instead (:func:`held_out_sample`,
     ``truth=recall_truth(..., held_out=True)``). Recall is the mean over queries of |approx top-10 ∩
-    exact top-10| / 10 (fewer in a collection of at most 10 rows), except that a returned
+    exact top-10| / 10 (fewer where fewer rows are there to rank), except that a returned
     id tied with the exact 10th best counts as a hit: with duplicate vectors the exact
     top-10 is not unique, and a tie must not push the tuner to exhaustive search.
     ``truth`` is :func:`recall_truth` for the sample, to reuse across efforts.
@@ -137,6 +137,8 @@ def measure_recall(
     queries = vectors[sample]
     if truth is None:
         truth = recall_truth(vectors, sample, index.metric)
+    # held-out truth ranks only the rows outside the sample: fewer than 10 in a small collection
+    k = min(k, truth[1].shape[1])
     threshold = truth[1][:, k - 1]
     found, _ = index.search_with(queries, k + 1, effort)
     approx, _ = without_self(found, None, sample, k)
