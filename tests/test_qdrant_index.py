@@ -61,27 +61,9 @@ def pair(tiny_index: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     """A flat and a qdrant index over the same embeddings (the shared tiny index's)."""
     root = tmp_path_factory.mktemp("qpair")
     flat, qdrant = root / "flat", root / "qdrant"
-    ok(
-        "index",
-        "build",
-        "--from-embeddings",
-        str(tiny_index),
-        str(tiny_index / "model"),
-        "-o",
-        str(flat),
-        "--index",
-        "flat",
-    )
-    ok(
-        "index",
-        "build",
-        "--from-embeddings",
-        str(tiny_index),
-        str(tiny_index / "model"),
-        "-o",
-        str(qdrant),
-        *collection(),
-    )
+    source = ["index", "build", "--from-embeddings", str(tiny_index), str(tiny_index / "model"), "-o"]
+    ok(*source, str(flat), "--index", "flat")
+    ok(*source, str(qdrant), *collection())
     return flat, qdrant
 
 

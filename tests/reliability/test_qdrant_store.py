@@ -8,32 +8,18 @@ changed behind pixdex's back is refused in one line."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_index_crash import MODEL, RT, pixdex  # the same subprocess runner and tiny model
 
 from conftest import CPU_RUNTIME, QDRANT_SET, invoke
 from recognition_data import make_folder_dataset, pattern_image
 
 pytest.importorskip("qdrant_client", reason="the [qdrant] extra is part of [dev]")
-
-RT = ["--workers", "0", "--device", "cpu"]
-MODEL = ["--set", "backbone.widths=[4]", "--set", "backbone.embed_dim=8", "--set", "backbone.input_size=16"]
-
-
-def pixdex(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
-    if crash_at:
-        env["PIXDEX_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "pixdex", "-q", *args], capture_output=True, text=True, env=env, timeout=120
-    )
 
 
 def state(index: Path) -> tuple[int, str, str | None, list[list[int]]]:

@@ -315,6 +315,25 @@ def _carried(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in manifest["files"].items() if k.startswith("model/")}
 
 
+def _recommit(
+    writer: FolderWriter, pset: PluginSet, manifest: dict[str, Any], contents: IndexContents, opts: Options, **how: Any
+) -> None:
+    """Commit new ``contents`` of an existing index: its index component, metric, model and
+    creation time as the manifest records them (``how``: ``previous`` or ``prepared``)."""
+    commit_index(
+        writer,
+        pset,
+        _index_config(pset, manifest, opts.runtime),
+        contents,
+        metric=manifest["metric"],
+        model_record=manifest["model"],
+        created=manifest["created"],
+        carried_files=_carried(manifest),
+        notify=opts.notify,
+        **how,
+    )
+
+
 def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
     """Embed only images whose sha256 the index lacks, then grow the ANN by them (index
     plugins with the optional ``add``) or rebuild it from all rows (the others)."""
@@ -338,19 +357,8 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
             _merge_skips(skipped_old, skipped),
             embeddings_staged=True,
         )
-        config = _index_config(pset, manifest, opts.runtime)
-        commit_index(
-            writer,
-            pset,
-            config,
-            contents,
-            metric=manifest["metric"],
-            model_record=manifest["model"],
-            created=manifest["created"],
-            carried_files=_carried(manifest),
-            notify=opts.notify,
-            previous=(folder / "index", len(embeddings)),  # rows are appended: plugins with `add` grow
-        )
+        # rows are appended: plugins with `add` grow the committed index
+        _recommit(writer, pset, manifest, contents, opts, previous=(folder / "index", len(embeddings)))
     return {**info_record(folder, _committed(folder)), "added": len(added), "skipped_entries": skipped}
 
 
@@ -370,18 +378,7 @@ def remove(index_dir: str | Path, paths: list[str], pset: PluginSet, opts: Optio
             skipped_old,
             embeddings_staged=True,
         )
-        config = _index_config(pset, manifest, opts.runtime)
-        commit_index(
-            writer,
-            pset,
-            config,
-            contents,
-            metric=manifest["metric"],
-            model_record=manifest["model"],
-            created=manifest["created"],
-            carried_files=_carried(manifest),
-            notify=opts.notify,
-        )
+        _recommit(writer, pset, manifest, contents, opts)
     return {**info_record(folder, _committed(folder)), "removed": len(drop), "not_found": missing}
 
 
@@ -427,18 +424,7 @@ def _stored_change(
             int(manifest["next_id"]) + int(outcome.get("added", 0)),
             _merge_skips(skipped_old, outcome.get("skipped_entries", [])),
         )
-        commit_index(
-            writer,
-            pset,
-            _index_config(pset, manifest, opts.runtime),
-            contents,
-            metric=manifest["metric"],
-            model_record=manifest["model"],
-            created=manifest["created"],
-            carried_files=_carried(manifest),
-            notify=opts.notify,
-            prepared=ann,
-        )
+        _recommit(writer, pset, manifest, contents, opts, prepared=ann)
     return outcome, _committed(folder)
 
 
