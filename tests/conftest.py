@@ -170,7 +170,7 @@ def trained(gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_index(trained: Path, gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny annoy index shared by the read-only tests."""
+    """One tiny index (the default, hnsw) shared by the read-only tests."""
     out = tmp_path_factory.mktemp("idx") / "index"
     result = invoke("-q", "index", "build", str(trained), str(gallery), "-o", str(out), *CPU_RUNTIME, "--json")
     assert result.exit_code == 0, result.output

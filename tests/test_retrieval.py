@@ -32,13 +32,13 @@ def test_index_folder_layout(tiny_index: Path):
     ):
         assert key in manifest
     assert manifest["count"] == 30 and manifest["dim"] == 16 and manifest["metric"] == "cosine"
-    assert manifest["index"]["name"] == "annoy" and 0 <= manifest["index"]["params"]["recall_at_10"] <= 1
+    assert manifest["index"]["name"] == "hnsw" and 0 <= manifest["index"]["params"]["recall_at_10"] <= 1
     assert np.load(tiny_index / "embeddings.npy").shape == (30, 16)
     items = [json.loads(line) for line in (tiny_index / "items.jsonl").read_text().splitlines()]
     assert [it["row"] for it in items] == list(range(30)) and [it["id"] for it in items] == list(range(30))
     assert {"id", "row", "path", "label", "size", "mtime", "sha256"} <= set(items[0])
     assert (tiny_index / "model" / "model.safetensors").exists() and (tiny_index / "model" / "pixdex.json").exists()
-    assert set(manifest["files"]) >= {"embeddings.npy", "items.jsonl", "model/model.safetensors", "index/index.ann"}
+    assert set(manifest["files"]) >= {"embeddings.npy", "items.jsonl", "model/model.safetensors", "index/index.usearch"}
 
 
 def test_search_finds_itself_first_in_every_format(tiny_index: Path, gallery: Path, tmp_path: Path):

@@ -51,7 +51,7 @@ def test_info_healthz_and_security_headers(index_client, tiny_index: Path):
     assert info.status_code == 200 and info.headers["content-type"] == "application/json"
     body = info.json()
     assert body["kind"] == "index" and body["count"] == 30 and body["dim"] == 16 and body["metric"] == "cosine"
-    assert body["index"] == "annoy" and body["version"] == 1 and body["max_k"] == 100
+    assert body["index"] == "hnsw" and body["version"] == 1 and body["max_k"] == 100
     assert body["digest"] == json.loads((tiny_index / "manifest.json").read_text())["digest"]
     assert info.headers["x-content-type-options"] == "nosniff"
     assert "script-src 'self'" in info.headers["content-security-policy"]

@@ -10,7 +10,7 @@ from pixdex.errors import MissingDependencyError
 # module name -> what to pip install to get it
 INSTALL_HINTS: dict[str, str] = {
     "annoy": "pip install annoy",
-    "usearch": "pip install 'pixdex[hnsw]'",
+    "usearch": "pip install 'usearch>=2.16,<2.24'",
     "qdrant_client": "pip install 'pixdex[qdrant]'",
     "matplotlib": "pip install 'pixdex[plots]'",
     "sklearn": "pip install 'pixdex[dev]'",

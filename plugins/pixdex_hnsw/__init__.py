@@ -1,9 +1,10 @@
-"""pixdex_hnsw: the approximate ``hnsw`` retrieval index (usearch's HNSW graph), with its
-search effort ``ef`` auto-tuned to a target recall like annoy's ``search_k``.
+"""pixdex_hnsw: the approximate ``hnsw`` retrieval index (usearch's HNSW graph), pixdex's
+default index, with its search effort ``ef`` auto-tuned to a target recall like annoy's
+``search_k``.
 
 Built in, but shaped exactly like a third-party plugin package: it talks to pixdex only
-through :mod:`pixdex.hookspecs` and :mod:`pixdex.plugin_api`. usearch is optional (extra
-``[hnsw]``): it and numpy are imported by the factory, so ``pixdex --help`` works without it.
+through :mod:`pixdex.hookspecs` and :mod:`pixdex.plugin_api`. usearch (a dependency of
+pixdex) and numpy are imported by the factory, so ``pixdex --help`` never pays for them.
 """
 
 from __future__ import annotations
@@ -86,5 +87,5 @@ def register_indexes(register: Register) -> None:
         "hnsw",
         make_hnsw,
         options=HnswOptions,
-        description="approximate search on an HNSW graph (usearch, extra [hnsw]); ef tuned to a target recall@10",
+        description="approximate search on an HNSW graph (usearch; the default); ef tuned to a target recall@10",
     )

@@ -1,7 +1,8 @@
 """docs/reliability.md, "indexes are checked before they are trusted" and "concurrency":
-every manifest/file mismatch is refused with one line before Annoy loads anything (in a
-subprocess, so a segfault fails the test); readers survive a replacement; concurrent
-searchers agree with a serial one; two concurrent `index add` never corrupt an index."""
+every manifest/file mismatch is refused with one line before the index library (usearch for
+the default hnsw, Annoy) loads anything (in a subprocess, so a segfault fails the test);
+readers survive a replacement; concurrent searchers agree with a serial one; two concurrent
+`index add` never corrupt an index."""
 
 from __future__ import annotations
 
@@ -35,12 +36,26 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("trustdata"), per_class=8, seed=11)
 
 
+# the native library's file of each index whose loader is checked (both can crash on a bad file)
+ANN_FILES = {"hnsw": "index.usearch", "annoy": "index.ann"}
+
+
 @pytest.fixture(scope="module")
-def pristine(collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trust") / "index"
-    proc = pixdex("-q", "index", "build", "simple-cnn", str(collection), "-o", str(out), *RT, *MODEL)
-    assert proc.returncode == 0, proc.stderr
+def pristines(collection: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One index of each type in ANN_FILES over the same collection (hnsw is the default)."""
+    out = {}
+    for name in ANN_FILES:
+        out[name] = tmp_path_factory.mktemp("trust") / name
+        proc = pixdex(
+            "-q", "index", "build", "simple-cnn", str(collection), "-o", str(out[name]), "--index", name, *RT, *MODEL
+        )
+        assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def pristine(pristines: dict[str, Path]) -> Path:
+    return pristines["hnsw"]
 
 
 def _copy(pristine: Path, tmp_path: Path) -> Path:
@@ -63,6 +78,11 @@ def _resign(index: Path) -> None:
     (index / "manifest.json").write_text(json.dumps(seal(manifest)))
 
 
+def _ann_file(index: Path) -> Path:
+    name = json.loads((index / "manifest.json").read_text())["index"]["name"]
+    return index / "index" / ANN_FILES[name]
+
+
 CASES = {
     "dim": (lambda ix: (_edit_manifest(ix, dim=32), _resign(ix)), "embeddings have dim 8 but the manifest says 32"),
     "metric": (lambda ix: _edit_manifest(ix, metric="l2"), "manifest.json was modified"),
@@ -71,12 +91,12 @@ CASES = {
         lambda ix: (_edit_manifest(ix, format_version=99), _resign(ix)),
         "index format version 99 is not supported",
     ),
-    "truncated annoy file": (
-        lambda ix: (ix / "index" / "index.ann").write_bytes((ix / "index" / "index.ann").read_bytes()[:100]),
-        "index/index.ann is 100 bytes",
+    "truncated index file": (
+        lambda ix: _ann_file(ix).write_bytes(_ann_file(ix).read_bytes()[:100]),
+        "is 100 bytes",
     ),
-    "replaced annoy file": (
-        lambda ix: (ix / "index" / "index.ann").write_bytes(bytes(len((ix / "index" / "index.ann").read_bytes()))),
+    "replaced index file": (
+        lambda ix: _ann_file(ix).write_bytes(bytes(len(_ann_file(ix).read_bytes()))),
         "does not match its checksum",
     ),
     "replaced model": (
@@ -104,14 +124,17 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def refusals(pristine: Path, collection: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
-    """Every tampered copy searched in ONE subprocess (one torch import): a segfault in any
-    of them kills it and fails every case."""
+def refusals(
+    pristines: dict[str, Path], collection: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], list]:
+    """Every tampered copy of every index type searched in ONE subprocess (one torch
+    import): a segfault in any of them kills it and fails every case."""
     root = tmp_path_factory.mktemp("tampered")
     folders = {}
-    for case, (tamper, _) in CASES.items():
-        folders[case] = _copy(pristine, root / case.replace(" ", "-"))
-        tamper(folders[case])
+    for name, pristine in pristines.items():
+        for case, (tamper, _) in CASES.items():
+            folders[name, case] = _copy(pristine, root / name / case.replace(" ", "-"))
+            tamper(folders[name, case])
     query = str(sorted((collection / "top").iterdir())[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXDEX_")}
     proc = subprocess.run(
@@ -123,12 +146,13 @@ def refusals(pristine: Path, collection: Path, tmp_path_factory: pytest.TempPath
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     got = json.loads(proc.stdout)
-    return {case: got[str(folder)] for case, folder in folders.items()}
+    return {key: got[str(folder)] for key, folder in folders.items()}
 
 
+@pytest.mark.parametrize("index", sorted(ANN_FILES))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_mismatch_is_refused_before_annoy_loads(case: str, refusals: dict[str, list]):
-    code, stderr = refusals[case]
+def test_mismatch_is_refused_before_the_index_loads(index: str, case: str, refusals: dict[tuple[str, str], list]):
+    code, stderr = refusals[index, case]
     message = CASES[case][1]
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1, stderr

@@ -79,7 +79,7 @@ def index_options(func: Any) -> Any:
                 "index_name",
                 default=None,
                 metavar="NAME",
-                help="The index component (`pixdex list indexes`); default annoy.",
+                help="The index component (`pixdex list indexes`); default hnsw.",
             ),
             click.option(
                 "--metric",
