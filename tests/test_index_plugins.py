@@ -346,8 +346,14 @@ def test_missing_annoy_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyP
 
 def test_missing_usearch_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "usearch.index", None)
-    with pytest.raises(MissingDependencyError, match=r"the 'hnsw' index needs the 'usearch' package.*pixdex\[hnsw\]"):
+    # usearch is a dependency now: the hint names the pinned range pyproject.toml installs
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("usearch")]
+    with pytest.raises(MissingDependencyError, match=r"the 'hnsw' index needs the 'usearch' package") as err:
         pset.registry.build("index", "hnsw", {}, dim=4, metric="l2")
+    assert str(err.value).endswith(f"pip install '{pin}'")
 
 
 def test_plugin_modules_import_no_heavy_library() -> None:
