@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixdex.errors import ConfigError, MissingDependencyError, PluginError
+from pixdex.registry_file import read_toml
 
 METRICS = ("cosine", "l2", "ip")
 PLUGINS = ("flat", "annoy", "hnsw")
@@ -347,9 +348,7 @@ def test_missing_annoy_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyP
 def test_missing_usearch_gives_install_hint(pset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "usearch.index", None)
     # usearch is a dependency now: the hint names the pinned range pyproject.toml installs
-    import tomllib
-
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = read_toml(Path(__file__).parents[1] / "pyproject.toml", "pyproject.toml")
     (pin,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("usearch")]
     with pytest.raises(MissingDependencyError, match=r"the 'hnsw' index needs the 'usearch' package") as err:
         pset.registry.build("index", "hnsw", {}, dim=4, metric="l2")

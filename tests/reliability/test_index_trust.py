@@ -93,7 +93,7 @@ CASES = {
     ),
     "truncated index file": (
         lambda ix: _ann_file(ix).write_bytes(_ann_file(ix).read_bytes()[:100]),
-        "is 100 bytes",
+        "index/{file} is 100 bytes",
     ),
     "replaced index file": (
         lambda ix: _ann_file(ix).write_bytes(bytes(len(_ann_file(ix).read_bytes()))),
@@ -153,7 +153,7 @@ def refusals(
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mismatch_is_refused_before_the_index_loads(index: str, case: str, refusals: dict[tuple[str, str], list]):
     code, stderr = refusals[index, case]
-    message = CASES[case][1]
+    message = CASES[case][1].format(file=ANN_FILES[index])
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1, stderr
     assert lines[0].startswith("pixdex: error:") and message in lines[0], stderr
