@@ -217,7 +217,7 @@ def build_cmd(
 
     The folder holds the manifest, the embeddings, one line per item (stable id, path,
     label, size, mtime, sha256), the model itself and the index's files, committed as
-    a unit. Set index options with --set index.KEY=VALUE (e.g. index.n_trees=20).
+    a unit. Set index options with --set index.KEY=VALUE (e.g. index.connectivity=32).
 
     MODEL is a run folder from `pixdex train`, or a backbone spec such as
     timm:tf_efficientnet_lite0 (with --set backbone.pretrained=true) or simple-cnn.
