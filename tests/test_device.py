@@ -50,6 +50,11 @@ def test_bad_specs():
     assert resolve_precision("bf16", "cpu") == "bf16"
 
 
+def test_the_cpu_uses_channels_last():
+    # oneDNN's CPU convolutions run faster in channels_last (docs/recognition.md, "Devices")
+    assert placement("cpu", "auto").to_dict() == {"device": "cpu", "precision": "fp32", "channels_last": True}
+
+
 def _two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Mocked: no GPU can exist on the test machines; torch is told there are two."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
