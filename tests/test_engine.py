@@ -101,7 +101,7 @@ def test_serve_answers_through_the_onnx_engine(tiny_index, gallery, cache, monke
     "args, message",
     [
         (["--engine", "onnx", "--device", "cuda"], "engine 'onnx' runs on the CPU only"),
-        (["--engine", "onnx", "--tta", "flip"], "use it with --engine torch"),
+        (["--engine", "onnx", "--tta", "flip"], "averages embeddings in PyTorch: use --engine torch"),
     ],
 )
 def test_engine_misuse_is_one_line(trained, gallery, args, message, cache):

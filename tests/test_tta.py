@@ -1,11 +1,13 @@
-"""Test-time augmentation (--tta flip for evaluate and predict): flip symmetry, recorded in
-the output, a warning for runs trained without flips."""
+"""Test-time augmentation (--tta flip for evaluate and predict, and for the embeddings of
+embed and index build): flip symmetry, recorded in the output and the index, a warning for
+runs trained without flips."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +69,92 @@ def test_tta_on_an_index_folder_is_refused(run: tuple[Path, Path], tmp_path: Pat
     image = sorted((data / "test" / "top").iterdir())[0]
     result = invoke("predict", str(index), str(image), "--tta", "flip", *RT)
     assert result.exit_code == 2 and "--tta applies to a run folder" in result.stderr
+
+
+def _mirror(image: Path, out: Path) -> Path:
+    from PIL import Image, ImageOps
+
+    with Image.open(image) as im:
+        ImageOps.mirror(im).save(out)
+    return out
+
+
+def test_an_index_built_with_tta_finds_an_items_mirror_image_at_score_one(run: tuple[Path, Path], tmp_path: Path):
+    # the index records --tta, so the query (a mirror image the index never saw) is embedded
+    # the same way as the items: the mean of both views is the same vector for both images
+    run_dir, data = run
+    item = sorted((data / "train" / "top").iterdir())[0]
+    mirror = _mirror(item, tmp_path / "mirror.png")
+    scores = {}
+    for tta in ("none", "flip"):
+        index = tmp_path / f"index-{tta}"
+        built = invoke(
+            "index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", tta, "--json", *RT
+        )
+        assert built.exit_code == 0, built.stderr
+        assert json.loads(built.stdout)["tta"] == tta
+        assert ("trained without flips" in built.stderr) == (tta == "flip")
+        found = invoke("search", str(index), str(mirror), "-k", "1", "--json", *RT)
+        assert found.exit_code == 0, found.stderr
+        (match,) = json.loads(found.stdout)[0]["matches"]
+        scores[tta] = (match["path"], match["score"])
+    assert scores["flip"][0] == str(item) and scores["flip"][1] == pytest.approx(1.0, abs=1e-5)
+    assert scores["none"][1] < 0.9999  # without it the mirror image is another vector
+
+
+def test_index_add_embeds_with_the_recorded_tta(run: tuple[Path, Path], tmp_path: Path):
+    run_dir, data = run
+    index = tmp_path / "index"
+    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
+    assert built.exit_code == 0, built.stderr
+    item = sorted((data / "train" / "top").iterdir())[0]
+    new = tmp_path / "new"
+    new.mkdir()
+    _mirror(item, new / "mirror.png")
+    added = invoke("index", "add", str(index), str(new), *RT)
+    assert added.exit_code == 0, added.stderr
+    rows = [json.loads(line) for line in (index / "items.jsonl").read_text().splitlines()]
+    row_of = {r["path"]: r["row"] for r in rows}
+    embeddings = np.load(index / "embeddings.npy")
+    assert np.allclose(embeddings[row_of[str(new / "mirror.png")]], embeddings[row_of[str(item)]], atol=1e-5)
+
+
+def test_embed_tta_carries_into_an_index_built_from_the_embeddings(run: tuple[Path, Path], tmp_path: Path):
+    run_dir, data = run
+    emb = tmp_path / "emb"
+    made = invoke("embed", str(run_dir), str(data / "train"), "-o", str(emb), "--tta", "flip", *RT)
+    assert made.exit_code == 0, made.stderr
+    assert json.loads((emb / "manifest.json").read_text())["tta"] == "flip"
+    index = tmp_path / "index"
+    built = invoke("index", "build", "--from-embeddings", str(emb), "-o", str(index), "--json", *RT)
+    assert built.exit_code == 0, built.stderr
+    assert json.loads(built.stdout)["tta"] == "flip"
+    again = invoke("index", "build", "--from-embeddings", str(emb), "-o", str(tmp_path / "i2"), "--tta", "flip", *RT)
+    assert again.exit_code == 1 and "--from-embeddings keeps the test-time augmentation" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_an_index_built_with_tta_is_not_exported(run: tuple[Path, Path], tmp_path: Path):
+    run_dir, data = run
+    index = tmp_path / "index"
+    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
+    assert built.exit_code == 0, built.stderr
+    result = invoke("export", str(index), "-o", str(tmp_path / "exp"))
+    assert result.exit_code == 1 and "built with --tta flip" in result.stderr
+
+
+def test_serve_embeds_uploads_with_the_recorded_tta(run: tuple[Path, Path], tmp_path: Path):
+    pytest.importorskip("starlette", reason="pixdex[serve] is part of [dev]")
+    from conftest import serve_client, upload
+
+    run_dir, data = run
+    index = tmp_path / "index"
+    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
+    assert built.exit_code == 0, built.stderr
+    item = sorted((data / "train" / "top").iterdir())[0]
+    mirror = _mirror(item, tmp_path / "mirror.png")
+    with serve_client(index, cache_dir=tmp_path / "cache") as client:
+        response = client.post("/api/search", **upload(("mirror.png", mirror.read_bytes()), k=1))
+    assert response.status_code == 200, response.text
+    (match,) = response.json()[0]["matches"]
+    assert match["path"] == str(item) and match["score"] == pytest.approx(1.0, abs=1e-5)

@@ -93,6 +93,18 @@ def index_options(func: Any) -> Any:
     return func
 
 
+def tta_option(func: Any) -> Any:
+    return click.option(
+        "--tta",
+        type=click.Choice(["none", "flip"]),
+        default="none",
+        show_default=True,
+        help="Test-time augmentation: 'flip' embeds each image as the mean of its and its mirror "
+        "image's embeddings (twice the work; for models trained with flips). Recorded, so queries, "
+        "`index add` and `serve` embed the same way.",
+    )(func)
+
+
 def data_options(func: Any) -> Any:
     for option in reversed(
         [
@@ -129,6 +141,7 @@ def data_options(func: Any) -> Any:
     type=click.Path(file_okay=False),
     help="Folder for embeddings.npy (float32) and items.jsonl.",
 )
+@tta_option
 @config_options
 @data_options
 @format_options
@@ -138,6 +151,7 @@ def embed_cmd(
     model: str,
     data: str,
     out_dir: str,
+    tta: str,
     config_file: str | None,
     preset: str | None,
     sets: tuple[str, ...],
@@ -158,7 +172,7 @@ def embed_cmd(
     from pixdex.retrieval.indexing import embed_to_folder
 
     config = _model_config(app, model, params, sets, preset, config_file)
-    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
+    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout, tta=tta)
     try:
         result = embed_to_folder(model, data, out_dir, app.plugins, config, opts)
     finally:
@@ -189,6 +203,7 @@ def index_group() -> None:
     help="Index embeddings made before instead of embedding DATA: the folder `pixdex embed` wrote, an "
     "index folder, or embeddings.npy + items.jsonl from any tool. MODEL is then optional.",
 )
+@tta_option
 @config_options
 @index_options
 @data_options
@@ -201,6 +216,7 @@ def build_cmd(
     out_dir: str,
     force: bool,
     from_embeddings: str | None,
+    tta: str,
     config_file: str | None,
     preset: str | None,
     sets: tuple[str, ...],
@@ -235,7 +251,7 @@ def build_cmd(
     if from_embeddings is not None and data is not None:
         raise UsageError("--from-embeddings indexes embeddings made before: give at most MODEL, not DATA")
     config = _model_config(app, model, params, sets, preset, config_file)
-    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout)
+    opts = _options(app, config, params, labels=labels, split=split, lock_timeout=lock_timeout, tta=tta)
     try:
         if from_embeddings is not None:
             result = build_from_embeddings(

@@ -44,7 +44,7 @@ def auto_engine(device_type: str, tta: str = "none") -> tuple[str, str]:
     if device_type != "cpu":
         return "torch", f"the model runs on {device_type}"
     if tta != "none":
-        return "torch", "--tta averages embeddings before the classifier"
+        return "torch", "test-time augmentation averages embeddings in PyTorch"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return "torch", "torchrun processes run PyTorch"
     missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]
@@ -67,7 +67,10 @@ def resolve_engine(engine: str, device_type: str, tta: str = "none") -> str:
                 "use --device cpu, or --engine torch on the accelerator"
             )
         if tta != "none":
-            raise UsageError("--tta averages embeddings before the classifier: use it with --engine torch")
+            raise UsageError(
+                "test-time augmentation (--tta, or an index built with it) averages embeddings in PyTorch: "
+                "use --engine torch"
+            )
         from pixdex.export.graph import require_export_libraries
 
         require_export_libraries()

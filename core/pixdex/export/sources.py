@@ -33,9 +33,13 @@ def open_source(spec: str, pset: PluginSet, config: Config) -> Source:
         if manifest.get("format") == EXPORT_FORMAT:
             raise PixdexError(f"{spec} is an export folder; export its source model, or check it with --check")
         index = open_index(path, pset)
-        return Source(
-            "index", str(path.resolve()), index_model(index, pset, purpose="`pixdex export`"), index.metric, index
-        )
+        run = index_model(index, pset, purpose="`pixdex export`")
+        if run.tta != "none":  # the graph embeds one view: its vectors would not match the index's
+            raise PixdexError(
+                f"{spec} was built with --tta {run.tta}, which an exported graph does not do: "
+                "rebuild the index without --tta to export it"
+            )
+        return Source("index", str(path.resolve()), run, index.metric, index)
     run = open_model(spec, pset, config)
     kind = "run" if is_run_folder(spec) else "backbone"
     metric = str(run.manifest.get("metric") or "cosine")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,6 +17,10 @@ import torch
 from pixdex.contracts import Transform
 from pixdex.data.sources import FileSource, TensorSource
 from pixdex.device import Placement
+from pixdex.errors import UsageError
+
+if TYPE_CHECKING:
+    from pixdex.pipeline.runs import LoadedRun
 
 
 def autocast(place: Placement) -> Any:
@@ -59,6 +63,19 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, tta: str = "none")
     if tta == "flip":
         return (model(images) + model(images.flip(-1))) / 2
     raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+
+
+def check_tta(run: LoadedRun, tta: str, notify: Callable[[str], None] | None) -> None:
+    """Refuse an unknown mode; warn when flips are averaged for a run that never saw a flip
+    in training (orientation may be the class there: arrows, digits, left and right)."""
+    if tta not in TTA_MODES:
+        raise UsageError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_MODES)}")
+    flip = (run.manifest["config"].get("transform") or {}).get("flip")
+    if tta == "flip" and not flip and notify is not None:
+        notify(
+            f"pixdex: warning: {run.path} was trained without flips (transform.flip = {flip}); "
+            "--tta flip averages mirror images and can cost accuracy where orientation matters"
+        )
 
 
 @torch.no_grad()

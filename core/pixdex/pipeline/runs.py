@@ -161,6 +161,10 @@ class LoadedRun:
     pipeline: Pipeline
     transform: Transform
     classes: list[str]
+    # how this run embeds images for retrieval: "flip" averages each image's embedding with
+    # its mirror image's. Set by `index build --tta` / `embed --tta` and recorded with the
+    # index's model, so queries, `index add` and `serve` embed the way the collection was.
+    tta: str = "none"
 
     @property
     def has_classifier(self) -> bool:

@@ -11,25 +11,12 @@ import torch
 from pixdex.data.image_args import check_single_image, expand_inputs, is_single_image, nothing_read
 from pixdex.data.sources import make_source
 from pixdex.device import placement
-from pixdex.errors import PixdexError, UsageError
+from pixdex.errors import PixdexError
 from pixdex.export.engine import engine_parts
-from pixdex.pipeline.inference import TTA_MODES, run_inference
+from pixdex.pipeline.inference import check_tta, run_inference
 from pixdex.pipeline.runs import LoadedRun, load_run
 from pixdex.plugins import PluginSet
 from pixdex.settings import DEFAULT_MAX_PIXELS
-
-
-def check_tta(run: LoadedRun, tta: str, notify: Callable[[str], None] | None) -> None:
-    """Refuse an unknown mode; warn when flips are averaged for a run that never saw a flip
-    in training (orientation may be the class there: arrows, digits, left and right)."""
-    if tta not in TTA_MODES:
-        raise UsageError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_MODES)}")
-    flip = (run.manifest["config"].get("transform") or {}).get("flip")
-    if tta == "flip" and not flip and notify is not None:
-        notify(
-            f"pixdex: warning: {run.path} was trained without flips (transform.flip = {flip}); "
-            "--tta flip averages mirror images and can cost accuracy where orientation matters"
-        )
 
 
 def require_classifier(run: LoadedRun, command: str) -> None:

@@ -106,9 +106,10 @@ def embed_keys(
     notify: Callable[[str], None] | None = None,
 ) -> Embedded:
     """Embed ``keys`` in order; every readable image exactly once (with PyTorch or, for
-    ``runtime["engine"] = "onnx"``, the model's ONNX export)."""
+    ``runtime["engine"] = "onnx"``, the model's ONNX export), with the run's test-time
+    augmentation (``run.tta``)."""
     model, transform, runtime = engine_parts(
-        run, runtime, place, keys=keys, opener=opener, max_pixels=max_pixels, notify=notify
+        run, runtime, place, keys=keys, opener=opener, max_pixels=max_pixels, notify=notify, tta=run.tta
     )
     source = make_source(
         keys, None, transform, runtime=runtime, device=place.device, max_pixels=max_pixels, opener=opener
@@ -125,7 +126,7 @@ def embed_keys(
     pos_all = np.empty(len(keys), dtype=np.int64)
     skipped: list[dict[str, Any]] = []
     filled = done = 0
-    for emb, _, idx, _ in forward_batches(model, transform, source, place):
+    for emb, _, idx, _ in forward_batches(model, transform, source, place, tta=run.tta):
         emb = emb.float().cpu().numpy()
         finite = np.isfinite(emb).all(axis=1)
         for pos in idx[~torch.from_numpy(finite)].tolist():

@@ -3,7 +3,7 @@ that write index folders. Each write is one atomic commit under the folder's loc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,6 +14,7 @@ from pixdex.config import Config
 from pixdex.contracts import METRICS
 from pixdex.device import placement
 from pixdex.errors import PixdexError
+from pixdex.pipeline.inference import check_tta
 from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import collect, embed_keys, npy_bytes, save_npy
@@ -32,7 +33,7 @@ from pixdex.retrieval.index_folder import (
 from pixdex.retrieval.item_table import ItemTable
 from pixdex.retrieval.models import is_run_folder, open_model, stage_model
 from pixdex.retrieval.records import FactTable, Selected, ShaSet, fact_table
-from pixdex.retrieval.search import index_model
+from pixdex.retrieval.search import index_model, recorded_tta
 from pixdex.retrieval.stored import StoredItems, StoredVectors, holds_items
 from pixdex.world import World
 
@@ -50,6 +51,15 @@ class Options:
     notify: Callable[[str], None] = lambda m: None
     world: Any = field(default_factory=World)  # torchrun: each process embeds one shard
     shard_dir: Path | None = None  # where the shards meet (outside the output folder)
+    tta: str = "none"  # test-time augmentation of a new collection's embeddings (build, embed)
+
+
+def with_tta(run: LoadedRun, opts: Options) -> LoadedRun:
+    """``run`` set to embed a new collection with ``opts.tta``; a run trained without flips
+    is warned about (a backbone spec's pretrained weights have seen flips)."""
+    if opts.tta != "none" and run.manifest.get("kind") != "backbone":
+        check_tta(run, opts.tta, opts.notify)
+    return replace(run, tta=opts.tta)
 
 
 def _embed_collection(
@@ -141,7 +151,7 @@ def build(
     """Embed DATA with MODEL and commit a new index folder."""
     out_dir = Path(out_dir)
     _refuse_existing(out_dir, force)
-    run = open_model(model_spec, pset, config)
+    run = with_tta(open_model(model_spec, pset, config), opts)
     metric = resolve_metric(config, run)
     opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
     coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
@@ -190,8 +200,15 @@ def build_from_embeddings(
 
     out_dir = Path(out_dir)
     _refuse_existing(out_dir, force)
+    if opts.tta != "none":
+        raise PixdexError(
+            "--tta applies when images are embedded; --from-embeddings keeps the test-time "
+            "augmentation the embeddings were made with (`pixdex embed --tta`)"
+        )
     pre = read_precomputed(source_dir, notify=opts.notify)
     run = precomputed_model(pre, model_spec, pset, config, opts.notify)
+    if run is not None:
+        run = replace(run, tta=pre.tta)
     metric = config["retrieval"]["metric"]
     if metric == "auto":
         metric = pre.metric or (run.manifest.get("metric") if run is not None else None) or "cosine"
@@ -345,7 +362,7 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
         return _add_stored(folder, data_spec, pset, opts)
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
-        run = load_run(folder / "model", pset)
+        run = replace(load_run(folder / "model", pset), tta=recorded_tta(manifest))
         present = ShaSet(it.get("sha256") for it in items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
@@ -430,7 +447,7 @@ def _stored_change(
 
 def _add_stored(folder: Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
     def change(opened: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-        run = load_run(folder / "model", pset)
+        run = replace(load_run(folder / "model", pset), tta=recorded_tta(manifest))
         present = ShaSet(it.get("sha256") for it in opened.items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
@@ -495,6 +512,7 @@ def info_record(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         "params": params,
         "recall_at_10": params.get("recall_at_10", params.get("measured_recall")),
         "model": {k: manifest["model"].get(k) for k in ("kind", "source", "sha256", "embed_dim", "loss")},
+        "tta": recorded_tta(manifest),
         "size_bytes": size,
         "created": manifest["created"],
         "updated": manifest["updated"],
@@ -516,7 +534,7 @@ def embed_to_folder(
     for other in ("pixdex.json", "manifest.json"):
         if (out_dir / other).exists() and not (other == "manifest.json" and _is_embeddings_folder(out_dir)):
             raise PixdexError(f"{out_dir} holds a run or an index; write embeddings to a folder of their own")
-    run = open_model(model_spec, pset, config)
+    run = with_tta(open_model(model_spec, pset, config), opts)
     opts.shard_dir = opts.shard_dir or shard_dir_for(out_dir)
     coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts)
     if not opts.world.is_main:
@@ -540,6 +558,7 @@ def embed_to_folder(
                 "model": str(run.path.resolve()) if is_run_folder(model_spec) else model_spec,
                 "model_sha256": model_fingerprint(run),  # checked by `index build --from-embeddings`
                 "metric": str(run.manifest.get("metric") or "cosine"),
+                "tta": run.tta,  # carried into an index built --from-embeddings
                 "data": data_spec,
                 "files": files,
             }

@@ -96,6 +96,8 @@ def stage_model(writer: FolderWriter, run: LoadedRun, prefix: str = "model/") ->
         "loss": run.manifest["config"].get("loss", {}).get("name"),
         "data_config": run.manifest["data_config"],
     }
+    if run.tta != "none":  # absent means none: indexes built before --tta read the same
+        record["tta"] = run.tta
     weights_src = run.manifest["config"]["backbone"].get("weights")
     if weights_src:
         record["weights_file"] = (

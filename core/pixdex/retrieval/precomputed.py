@@ -38,6 +38,7 @@ class Precomputed:
     model_spec: str | None  # the model the source names (a run folder or a backbone spec)
     model_sha256: str | None  # its weights' sha256, when the source recorded it
     metric: str | None  # the metric the source's model asked for, when recorded
+    tta: str = "none"  # the test-time augmentation the embeddings were made with
 
     @property
     def dim(self) -> int:
@@ -58,13 +59,13 @@ def read_precomputed(folder: str | Path, notify: Callable[[str], None] = lambda 
         with reading(folder) as committed:  # a commit in progress finishes (or rolls back) first
             _check_files(folder, committed["files"])
             model, sha, metric = committed.get("model"), committed.get("model_sha256"), committed.get("metric")
-            return _read(folder, "embed", model, sha, metric)
+            return _read(folder, "embed", model, sha, metric, committed.get("tta", "none"))
     if fmt == INDEX_FORMAT:
         with reading(folder) as committed:
             verify(folder, committed)
             model = committed["model"]
             spec = None if model.get("kind") == "external" else str(folder / "model")
-            return _read(folder, "index", spec, model.get("sha256"), committed["metric"])
+            return _read(folder, "index", spec, model.get("sha256"), committed["metric"], model.get("tta", "none"))
     if manifest is not None:
         raise PixdexError(f"{folder} holds a manifest of format {fmt!r}, neither embeddings nor an index")
     for name in ("embeddings.npy", "items.jsonl"):
@@ -86,10 +87,17 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
             )
 
 
-def _read(folder: Path, kind: str, model_spec: str | None, model_sha256: str | None, metric: str | None) -> Precomputed:
+def _read(
+    folder: Path,
+    kind: str,
+    model_spec: str | None,
+    model_sha256: str | None,
+    metric: str | None,
+    tta: str = "none",
+) -> Precomputed:
     embeddings = _embeddings(folder / "embeddings.npy")
     items = ItemStream(folder / "items.jsonl", len(embeddings))
-    return Precomputed(folder, kind, embeddings, items, model_spec, model_sha256, metric)
+    return Precomputed(folder, kind, embeddings, items, model_spec, model_sha256, metric, tta)
 
 
 def load_vectors(path: str | Path, dim: int) -> np.ndarray:

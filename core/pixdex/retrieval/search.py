@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,10 +18,16 @@ from pixdex.retrieval.index_folder import OpenIndex, is_external, open_index
 from pixdex.retrieval.stored import holds_items
 
 
+def recorded_tta(manifest: dict[str, Any]) -> str:
+    """The test-time augmentation an index's items were embedded with ("none" or "flip")."""
+    return str(manifest.get("model", {}).get("tta", "none"))
+
+
 def index_model(
     index: OpenIndex, pset: PluginSet, override: str | None = None, purpose: str = "embedding images"
 ) -> LoadedRun:
-    """The index's own model (model/), or ``override`` when it provably is the same model.
+    """The index's own model (model/), or ``override`` when it provably is the same model,
+    set to embed with the test-time augmentation the index records.
 
     An external index (built ``--from-embeddings`` without a model) has none: ``purpose``
     is refused in one line unless ``override`` makes embeddings of the index's dim (and,
@@ -34,7 +41,7 @@ def index_model(
                 "give --model RUN (the model that made them), search with --vectors FILE.npy or --id, "
                 "or rebuild with `pixdex index build --from-embeddings DIR MODEL`"
             )
-        return load_run(index.path / "model", pset)
+        return replace(load_run(index.path / "model", pset), tta=recorded_tta(index.manifest))
     run = load_run(override, pset)
     problems = []
     if int(run.pipeline.backbone.embed_dim) != index.dim:
@@ -47,7 +54,7 @@ def index_model(
         raise ArtifactError(
             f"--model {override} does not match the model {index.path} was built with: " + "; ".join(problems)
         )
-    return run
+    return replace(run, tta=recorded_tta(index.manifest))
 
 
 def embed_queries(

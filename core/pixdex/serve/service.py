@@ -32,7 +32,7 @@ from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint
 from pixdex.plugins import PluginSet
 from pixdex.retrieval import by_item
 from pixdex.retrieval.index_folder import OpenIndex, open_index
-from pixdex.retrieval.search import index_model, neighbours, ranked_matches, vote
+from pixdex.retrieval.search import index_model, neighbours, ranked_matches, recorded_tta, vote
 
 THUMB_SIZE = 160
 # how a refused upload maps onto HTTP: the image is too big, not an image, or broken
@@ -133,8 +133,12 @@ class Service:
         if (self.folder / "manifest.json").exists():
             index = open_index(self.folder, self.pset)  # verifies every file first
             sha = index.manifest["model"]["sha256"]
-            if previous is not None and previous.model_sha256 == sha:
-                # the same weights: no reload of the model
+            if (
+                previous is not None
+                and previous.model_sha256 == sha
+                and previous.run.tta == recorded_tta(index.manifest)
+            ):
+                # the same weights, embedding the same way: no reload of the model
                 run, model, transform = previous.run, previous.model, previous.transform
             else:
                 run = index_model(index, self.pset, purpose="serve (it embeds uploads)")
@@ -157,7 +161,7 @@ class Service:
         or the run's data) and a transform that leaves the normalisation to the graph."""
         from pixdex.export.engine import onnx_or_fallback, resolve_engine
 
-        if resolve_engine(self.runtime.get("engine", "torch"), self.place.device_type) == "onnx":
+        if resolve_engine(self.runtime.get("engine", "torch"), self.place.device_type, run.tta) == "onnx":
             from pixdex.export.folder import Source
             from pixdex.export.sources import default_probe
 
@@ -246,7 +250,7 @@ class Service:
         if self.place.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._forward_lock, torch.inference_mode(), autocast(self.place):
-            emb = embed_batch(snap.model, transform.batch(x))
+            emb = embed_batch(snap.model, transform.batch(x), snap.run.tta)
             logits = snap.model.logits(emb) if want_logits and snap.model.has_classifier else None
         emb_np = emb.float().cpu().numpy()
         if not np.isfinite(emb_np).all():
