@@ -3,7 +3,7 @@ side by side.
 
     python bench/fashion_mnist.py /usr/share/datasets/fashion-mnist
     python bench/fashion_mnist.py DIR --epochs 10 --seeds 0 1 2 --device cpu
-    python bench/fashion_mnist.py DIR --preset default --preset fmnist-best --seeds 0
+    python bench/fashion_mnist.py DIR --preset default --preset strong --seeds 0 --tta flip
     python bench/fashion_mnist.py DIR --preset classic   # the fixed recipe before issue 12
 
 ``--preset`` (repeatable) names the recipes to compare; ``default`` is the automatic

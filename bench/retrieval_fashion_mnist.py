@@ -6,13 +6,17 @@
              cross-entropy, its 128-d embedding (cosine)
   metric     a metric-learning recipe per --preset (repeatable; "default" = the automatic
              recipe with --loss, arcface unless given), its embedding (cosine)
+  run        with --run DIR (repeatable): a run folder trained before (for example by
+             bench/fashion_mnist.py --keep), its embedding, without training again
 
     python bench/retrieval_fashion_mnist.py /usr/share/datasets/fashion-mnist
-    python bench/retrieval_fashion_mnist.py DIR --only metric --preset default --preset fmnist-retrieval
+    python bench/retrieval_fashion_mnist.py DIR --only metric --preset default --preset strong --loss cross-entropy
     python bench/retrieval_fashion_mnist.py DIR --only metric --metric-epochs 12 --set backbone.widths=[64,128]
+    python bench/retrieval_fashion_mnist.py DIR --run runs/strong-seed0 --tta flip
 
 ``--metric-epochs`` applies only when given; otherwise each preset's own epochs (or the
 automatic recipe's) apply. ``--loss`` applies to "default" and to presets that set none.
+``--tta flip`` embeds every image as the mean of its and its mirror image's embeddings.
 
 Metrics are exact (whole-gallery ranking, pixdex.retrieval.metrics): mAP, P@1, R@10,
 MAP@R. Target for the metric-learning recipe: mAP >= 0.90 and P@1 >= 0.93.
@@ -56,23 +60,25 @@ def metrics(gallery: np.ndarray, g_labels: list[str], queries: np.ndarray, q_lab
     }
 
 
-def embed_split(run_dir: Path, pset, images: torch.Tensor, device: str) -> np.ndarray:
+def embed_split(run_dir: Path, pset, images: torch.Tensor, device: str, tta: str = "none") -> np.ndarray:
     run = load_run(run_dir, pset)
     place = placement(device, "auto", notify=lambda m: None)
     source = TensorSource(
         images, torch.zeros(len(images), dtype=torch.long), run.transform, batch_size=1024, device=place.device
     )
-    return run_inference(run.pipeline, run.transform, source, place, want_logits=False).embeddings
+    return run_inference(run.pipeline, run.transform, source, place, want_logits=False, tta=tta).embeddings
 
 
-def train_and_embed(name: str, spec: str, pset, config, tensors: dict, root: Path, device: str) -> dict:
+def train_and_embed(
+    name: str, spec: str, pset, config, tensors: dict, root: Path, device: str, tta: str = "none"
+) -> dict:
     start = time.perf_counter()
     result = train(
         spec, root / name, pset, config, force=True, notify=lambda m: print(f"[{name}] {m}", file=sys.stderr)
     )
     seconds = time.perf_counter() - start
-    gallery = embed_split(root / name, pset, tensors["train"][0], device)
-    queries = embed_split(root / name, pset, tensors["test"][0], device)
+    gallery = embed_split(root / name, pset, tensors["train"][0], device, tta)
+    queries = embed_split(root / name, pset, tensors["test"][0], device, tta)
     curve = [
         {
             "epoch": r["epoch"],
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=["raw", "ce", "metric"], action="append", default=None)
+    parser.add_argument("--run", dest="runs", action="append", default=[], help="a trained run folder (repeatable)")
+    parser.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation of embeddings")
     parser.add_argument("--ce-epochs", type=int, default=3)
     parser.add_argument(
         "--metric-epochs", type=int, default=None, help="default: the preset's or the automatic recipe's"
@@ -103,7 +111,7 @@ def main() -> None:
         "--limit", type=int, default=0, help="use only the first N queries and 6N gallery images (smoke runs)"
     )
     args = parser.parse_args()
-    parts = args.only or ["raw", "ce", "metric"]
+    parts = args.only or ([] if args.runs else ["raw", "ce", "metric"])
     spec = args.data if args.data.startswith("idx:") else f"idx:{args.data}"
     pset = api.load_plugins()
     ds = open_dataset(spec, pset.registry)
@@ -143,9 +151,35 @@ def main() -> None:
                 ),
                 flush=True,
             )
+        for run_dir in args.runs:
+            measure_run(Path(run_dir), args, pset, tensors, labels, command)
         if "metric" in parts:
             for preset in args.presets or ["default"]:
                 run_metric(args, pset, None if preset == "default" else preset, spec, tensors, labels, root, command)
+
+
+def measure_run(run_dir: Path, args, pset, tensors: dict, labels: dict, command: str) -> None:
+    """The retrieval figures of a run folder trained before: its embeddings, no training."""
+    start = time.perf_counter()
+    gallery = embed_split(run_dir, pset, tensors["train"][0], args.device, args.tta)
+    queries = embed_split(run_dir, pset, tensors["test"][0], args.device, args.tta)
+    manifest = json.loads((run_dir / "pixdex.json").read_text())
+    config = manifest["config"]
+    m = metrics(gallery, labels["train"], queries, labels["test"], args.device)
+    print(
+        json.dumps(
+            {
+                "model": f"run {run_dir}: {config['backbone']['name']} + {config['loss']['name']}, "
+                f"{manifest['epochs_done']} epochs",
+                **m,
+                "tta": args.tta,
+                "embed_seconds": round(time.perf_counter() - start, 1),
+                "target_met": m["map"] >= 0.90 and m["precision_at_1"] >= 0.93,
+                "command": command,
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_metric(
@@ -159,7 +193,7 @@ def run_metric(
         flags["loss"] = {"name": args.loss}
     config = api.configure(pset, preset=preset, flags=flags, sets=args.sets)
     name = preset or "default"
-    got = train_and_embed(f"metric-{name}", spec, pset, config, tensors, root, args.device)
+    got = train_and_embed(f"metric-{name}", spec, pset, config, tensors, root, args.device, args.tta)
     m = metrics(got["gallery"], labels["train"], got["queries"], labels["test"], args.device)
     print(
         json.dumps(
@@ -167,6 +201,7 @@ def run_metric(
                 "model": f"{name}: {config['backbone']['name']} + {config['loss']['name']}, {len(got['curve'])} epochs",
                 **m,
                 "train_seconds": got["train_seconds"],
+                "tta": args.tta,
                 "target_map": 0.90,
                 "target_p1": 0.93,
                 "target_met": m["map"] >= 0.90 and m["precision_at_1"] >= 0.93,
