@@ -79,6 +79,14 @@ def _mirror(image: Path, out: Path) -> Path:
     return out
 
 
+def flip_index(run_dir: Path, data: Path, tmp_path: Path) -> Path:
+    """An index of DATA's training images built with --tta flip."""
+    index = tmp_path / "index"
+    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
+    assert built.exit_code == 0, built.stderr
+    return index
+
+
 def test_an_index_built_with_tta_finds_an_items_mirror_image_at_score_one(run: tuple[Path, Path], tmp_path: Path):
     # the index records --tta, so the query (a mirror image the index never saw) is embedded
     # the same way as the items: the mean of both views is the same vector for both images
@@ -104,9 +112,7 @@ def test_an_index_built_with_tta_finds_an_items_mirror_image_at_score_one(run: t
 
 def test_index_add_embeds_with_the_recorded_tta(run: tuple[Path, Path], tmp_path: Path):
     run_dir, data = run
-    index = tmp_path / "index"
-    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
-    assert built.exit_code == 0, built.stderr
+    index = flip_index(run_dir, data, tmp_path)
     item = sorted((data / "train" / "top").iterdir())[0]
     new = tmp_path / "new"
     new.mkdir()
@@ -136,9 +142,7 @@ def test_embed_tta_carries_into_an_index_built_from_the_embeddings(run: tuple[Pa
 
 def test_an_index_built_with_tta_is_not_exported(run: tuple[Path, Path], tmp_path: Path):
     run_dir, data = run
-    index = tmp_path / "index"
-    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
-    assert built.exit_code == 0, built.stderr
+    index = flip_index(run_dir, data, tmp_path)
     result = invoke("export", str(index), "-o", str(tmp_path / "exp"))
     assert result.exit_code == 1 and "built with --tta flip" in result.stderr
 
@@ -148,9 +152,7 @@ def test_serve_embeds_uploads_with_the_recorded_tta(run: tuple[Path, Path], tmp_
     from conftest import serve_client, upload
 
     run_dir, data = run
-    index = tmp_path / "index"
-    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
-    assert built.exit_code == 0, built.stderr
+    index = flip_index(run_dir, data, tmp_path)
     item = sorted((data / "train" / "top").iterdir())[0]
     mirror = _mirror(item, tmp_path / "mirror.png")
     with serve_client(index, cache_dir=tmp_path / "cache") as client:
