@@ -155,7 +155,7 @@ def placement(
     """Resolve device and precision together for this process of ``world`` (default: a
     single process). channels_last is used on CUDA and on the CPU, where oneDNN's convolutions
     run faster in it (simple-cnn trains 1.1-1.4x as fast, tf_efficientnet_lite0 1.4-1.7x;
-    bench/README.md); not on MPS."""
+    docs/recognition.md, "Devices and precision"); not on MPS."""
     dev = process_device(device, world, notify=notify)
     prec = resolve_precision(precision, dev)
     return Placement(dev, prec, channels_last=dev.startswith("cuda") or dev == "cpu")
