@@ -15,7 +15,7 @@ from pixdex.contracts import METRICS
 from pixdex.device import placement
 from pixdex.errors import PixdexError
 from pixdex.pipeline.inference import check_tta
-from pixdex.pipeline.runs import LoadedRun, load_run, model_fingerprint, now
+from pixdex.pipeline.runs import LoadedRun, model_fingerprint, now
 from pixdex.plugins import PluginSet
 from pixdex.retrieval.embed import collect, embed_keys, npy_bytes, save_npy
 from pixdex.retrieval.index_folder import (
@@ -33,7 +33,7 @@ from pixdex.retrieval.index_folder import (
 from pixdex.retrieval.item_table import ItemTable
 from pixdex.retrieval.models import is_run_folder, open_model, stage_model
 from pixdex.retrieval.records import FactTable, Selected, ShaSet, fact_table
-from pixdex.retrieval.search import index_model, recorded_tta
+from pixdex.retrieval.search import index_model, recorded_tta, stored_model
 from pixdex.retrieval.stored import StoredItems, StoredVectors, holds_items
 from pixdex.world import World
 
@@ -362,7 +362,7 @@ def add(index_dir: str | Path, data_spec: str, pset: PluginSet, opts: Options) -
         return _add_stored(folder, data_spec, pset, opts)
     with FolderWriter(folder, lock_timeout=opts.lock_timeout) as writer:
         manifest, embeddings, items, skipped_old = _current(folder, pset)  # re-read under the lock
-        run = replace(load_run(folder / "model", pset), tta=recorded_tta(manifest))
+        run = stored_model(folder, manifest, pset)
         present = ShaSet(it.get("sha256") for it in items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))
@@ -447,7 +447,7 @@ def _stored_change(
 
 def _add_stored(folder: Path, data_spec: str, pset: PluginSet, opts: Options) -> dict[str, Any]:
     def change(opened: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-        run = replace(load_run(folder / "model", pset), tta=recorded_tta(manifest))
+        run = stored_model(folder, manifest, pset)
         present = ShaSet(it.get("sha256") for it in opened.items)
         coll, embedded, facts, skipped = _embed_collection(run, data_spec, pset, opts, skip_sha=present)
         added = new_items(coll, embedded, facts, int(manifest["next_id"]))

@@ -23,6 +23,12 @@ def recorded_tta(manifest: dict[str, Any]) -> str:
     return str(manifest.get("model", {}).get("tta", "none"))
 
 
+def stored_model(folder: Path, manifest: dict[str, Any], pset: PluginSet) -> LoadedRun:
+    """The model saved in index ``folder`` (its model/), set to embed with the test-time
+    augmentation ``manifest`` records: every image embedded for the index embeds the same way."""
+    return replace(load_run(folder / "model", pset), tta=recorded_tta(manifest))
+
+
 def index_model(
     index: OpenIndex, pset: PluginSet, override: str | None = None, purpose: str = "embedding images"
 ) -> LoadedRun:
@@ -41,7 +47,7 @@ def index_model(
                 "give --model RUN (the model that made them), search with --vectors FILE.npy or --id, "
                 "or rebuild with `pixdex index build --from-embeddings DIR MODEL`"
             )
-        return replace(load_run(index.path / "model", pset), tta=recorded_tta(index.manifest))
+        return stored_model(index.path, index.manifest, pset)
     run = load_run(override, pset)
     problems = []
     if int(run.pipeline.backbone.embed_dim) != index.dim:
