@@ -3,7 +3,7 @@ side by side.
 
     python bench/fashion_mnist.py /usr/share/datasets/fashion-mnist
     python bench/fashion_mnist.py DIR --epochs 10 --seeds 0 1 2 --device cpu
-    python bench/fashion_mnist.py DIR --preset default --preset strong --seeds 0 --tta flip
+    python bench/fashion_mnist.py DIR --preset default --preset strong --seeds 0 --tta flip-crops
     python bench/fashion_mnist.py DIR --preset classic   # the fixed recipe before issue 12
 
 ``--preset`` (repeatable) names the recipes to compare; ``default`` is the automatic
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from pixdex import api
+from pixdex.pipeline.inference import TTA_MODES
 from pixdex.recognition.classify import evaluate
 from pixdex.recognition.train import train
 
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--loss", default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="SECTION.KEY=VALUE (repeatable)")
-    parser.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation to evaluate")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation to evaluate")
     parser.add_argument("--target", type=float, default=0.93, help="accuracy every seed should reach")
     parser.add_argument("--keep", default=None, help="keep the run folders under this folder")
     args = parser.parse_args()

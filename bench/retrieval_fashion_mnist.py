@@ -12,11 +12,12 @@
     python bench/retrieval_fashion_mnist.py /usr/share/datasets/fashion-mnist
     python bench/retrieval_fashion_mnist.py DIR --only metric --preset default --preset strong --loss cross-entropy
     python bench/retrieval_fashion_mnist.py DIR --only metric --metric-epochs 12 --set backbone.widths=[64,128]
-    python bench/retrieval_fashion_mnist.py DIR --run runs/strong-seed0 --tta flip
+    python bench/retrieval_fashion_mnist.py DIR --run runs/strong-seed0 --tta flip-crops
 
 ``--metric-epochs`` applies only when given; otherwise each preset's own epochs (or the
 automatic recipe's) apply. ``--loss`` applies to "default" and to presets that set none.
-``--tta flip`` embeds every image as the mean of its and its mirror image's embeddings.
+``--tta MODE`` embeds every image as the mean of the embeddings of its views (``flip``: it and
+its mirror image; ``flip-crops``: six views, see docs/recognition.md).
 
 Metrics are exact (whole-gallery ranking, pixdex.retrieval.metrics): mAP, P@1, R@10,
 MAP@R. Target for the metric-learning recipe: mAP >= 0.90 and P@1 >= 0.93.
@@ -39,7 +40,7 @@ from pixdex import api
 from pixdex.data.datasets import open_dataset
 from pixdex.data.sources import TensorSource
 from pixdex.device import placement
-from pixdex.pipeline.inference import run_inference
+from pixdex.pipeline.inference import TTA_MODES, run_inference
 from pixdex.pipeline.runs import load_run
 from pixdex.recognition.train import train
 from pixdex.retrieval.metrics import Side, evaluate
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=["raw", "ce", "metric"], action="append", default=None)
     parser.add_argument("--run", dest="runs", action="append", default=[], help="a trained run folder (repeatable)")
-    parser.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation of embeddings")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation of embeddings")
     parser.add_argument("--ce-epochs", type=int, default=3)
     parser.add_argument(
         "--metric-epochs", type=int, default=None, help="default: the preset's or the automatic recipe's"

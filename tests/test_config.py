@@ -13,6 +13,17 @@ from pixdex.errors import ConfigError, UnknownComponentError, UsageError
 from pixdex.plugins import load_plugins
 
 
+def test_every_preset_of_the_registry_resolves(pset):
+    # a preset with a misspelt key or a bad value would only fail for the user who picks it
+    names = sorted(pset.registry_file.presets)
+    assert {"quick", "classic", "strong", "tutorial", "photos"} <= set(names)
+    for name in names:
+        api.configure(pset, preset=name, environ={})
+    strong = api.configure(pset, preset="strong", environ={})
+    assert strong["data"]["val_fraction"] == 0.0 and strong["train"]["ema_decay"] > 0
+    assert strong["transform"]["flip"] > 0 and strong["transform"]["scale"][0] < 0.9  # what --tta flip-crops needs
+
+
 def test_defaults_come_from_the_registry(pset):
     config = api.configure(pset, environ={})
     assert config["runtime"] == {

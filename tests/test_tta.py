@@ -1,6 +1,6 @@
-"""Test-time augmentation (--tta flip for evaluate and predict, and for the embeddings of
-embed and index build): flip symmetry, recorded in the output and the index, a warning for
-runs trained without flips."""
+"""Test-time augmentation (--tta flip, crops, flip-crops for evaluate and predict, and for
+the embeddings of embed and index build): flip symmetry, centred crops, recorded in the
+output and the index, a warning for runs trained without flips or crops."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import invoke
+from pixdex.cli.options import TTA_CHOICES
 from pixdex.contracts import DataInfo
-from pixdex.pipeline.inference import embed_batch
+from pixdex.pipeline.inference import TTA_CROP_SIDES, TTA_MODES, centre_zoom, embed_batch
 from recognition_data import make_folder_dataset
 
 RT = ["--workers", "0", "--device", "cpu"]
@@ -30,8 +32,39 @@ def test_a_mirror_image_gets_the_same_tta_embedding(pset):
         plain, mirrored = embed_batch(model, x), embed_batch(model, x.flip(-1))
         assert not torch.allclose(plain, mirrored)  # the network itself is not symmetric
         assert torch.allclose(embed_batch(model, x, "flip"), embed_batch(model, x.flip(-1), "flip"), atol=1e-6)
+        for tta in ("flip-crops",):  # centre crops commute with the mirror
+            assert torch.allclose(embed_batch(model, x, tta), embed_batch(model, x.flip(-1), tta), atol=1e-6)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         embed_batch(model, x, "rotate")
+
+
+def test_centre_zoom_is_the_centre_crop_resized_back():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    zoomed = centre_zoom(x, 0.5)
+    # the central 4 x 4 pixels, upsampled to 8 x 8; the outer ring differs only in how
+    # each resampler treats the crop's edge (grid_sample reads the pixels beyond it)
+    expected = F.interpolate(x[..., 2:6, 2:6], size=(8, 8), mode="bilinear", align_corners=False)
+    assert zoomed.shape == x.shape
+    assert torch.allclose(zoomed[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], atol=1e-4)
+    assert torch.allclose(centre_zoom(x, 1.0), x, atol=1e-4)
+
+
+def test_crops_average_the_image_and_its_centre_crops(pset):
+    torch.manual_seed(0)
+    data = DataInfo(1, (16, 16), 1, (0.5,), (0.5,))
+    model = pset.registry.build("backbone", "simple-cnn", {"widths": [4, 8], "embed_dim": 8}, data=data).eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        views = [x] + [centre_zoom(x, side) for side in TTA_CROP_SIDES]
+        expected = sum(model(v) for v in views) / len(views)
+        assert torch.allclose(embed_batch(model, x, "crops"), expected, atol=1e-6)
+        mirrored = views + [v.flip(-1) for v in views]
+        both = sum(model(v) for v in mirrored) / len(mirrored)
+        assert torch.allclose(embed_batch(model, x, "flip-crops"), both, atol=1e-6)
+
+
+def test_the_cli_offers_every_tta_mode():
+    assert TTA_CHOICES == TTA_MODES
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +83,11 @@ def test_evaluate_records_tta_and_warns_without_flip_training(run: tuple[Path, P
     assert plain.exit_code == 0 and flipped.exit_code == 0, flipped.stderr
     assert json.loads(plain.stdout)["tta"] == "none" and json.loads(flipped.stdout)["tta"] == "flip"
     assert "trained without flips" in flipped.stderr and "trained without flips" not in plain.stderr
+    assert "trained without random crops" not in flipped.stderr
+    both = invoke("evaluate", str(run_dir), str(data), "--json", "--tta", "flip-crops", *RT)
+    assert both.exit_code == 0, both.stderr
+    assert json.loads(both.stdout)["tta"] == "flip-crops"
+    assert "trained without flips" in both.stderr and "trained without random crops" in both.stderr
 
 
 def test_predict_rows_record_tta(run: tuple[Path, Path]):
@@ -79,10 +117,10 @@ def _mirror(image: Path, out: Path) -> Path:
     return out
 
 
-def flip_index(run_dir: Path, data: Path, tmp_path: Path) -> Path:
-    """An index of DATA's training images built with --tta flip."""
+def flip_index(run_dir: Path, data: Path, tmp_path: Path, tta: str = "flip") -> Path:
+    """An index of DATA's training images built with ``--tta tta``."""
     index = tmp_path / "index"
-    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", "flip", *RT)
+    built = invoke("index", "build", str(run_dir), str(data / "train"), "-o", str(index), "--tta", tta, *RT)
     assert built.exit_code == 0, built.stderr
     return index
 
@@ -112,7 +150,7 @@ def test_an_index_built_with_tta_finds_an_items_mirror_image_at_score_one(run: t
 
 def test_index_add_embeds_with_the_recorded_tta(run: tuple[Path, Path], tmp_path: Path):
     run_dir, data = run
-    index = flip_index(run_dir, data, tmp_path)
+    index = flip_index(run_dir, data, tmp_path, tta="flip-crops")  # six views, symmetric too
     item = sorted((data / "train" / "top").iterdir())[0]
     new = tmp_path / "new"
     new.mkdir()

@@ -77,6 +77,31 @@ def max_pixels_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+# pixdex.pipeline.inference.TTA_MODES, spelled out so that `pixdex --help` imports no
+# torch (tests/test_tta.py checks that the two agree)
+TTA_CHOICES = ("none", "flip", "crops", "flip-crops")
+TTA_VIEWS_HELP = (
+    "Test-time augmentation, averaged over views: 'flip' the image and its mirror image (2x the "
+    "work), 'crops' the image and centre crops of 95% and 90% of each side (3x), 'flip-crops' "
+    "both (6x). Flips suit models trained with flips, crops those trained with random crops."
+)
+
+
+def tta_option(extra: str = "") -> Decorator:
+    """--tta: the views :func:`pixdex.pipeline.inference.embed_batch` averages; ``extra`` ends the help."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        return click.option(
+            "--tta",
+            type=click.Choice(TTA_CHOICES),
+            default="none",
+            show_default=True,
+            help=f"{TTA_VIEWS_HELP} {extra}".strip(),
+        )(func)
+
+    return decorate
+
+
 def skip_report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--skipped FILE and --strict-images, for commands that read many images."""
     return _apply(

@@ -16,6 +16,7 @@ from pixdex.cli.options import (
     max_pixels_option,
     runtime_for,
     runtime_options,
+    tta_option,
 )
 from pixdex.cli.output import emit, format_options, resolve_format, write_skips
 from pixdex.errors import UsageError
@@ -194,13 +195,7 @@ def train_cmd(
     default=None,
     help="Also draw the confusion matrix to this PNG (needs pixdex[plots]).",
 )
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip"]),
-    default="none",
-    show_default=True,
-    help="Test-time augmentation: 'flip' averages each image with its mirror image (twice the work).",
-)
+@tta_option()
 @runtime_options
 @format_options
 @pass_app
@@ -271,13 +266,7 @@ def evaluate_cmd(
     show_default=True,
     help="With an index folder: how many nearest labelled images vote.",
 )
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip"]),
-    default="none",
-    show_default=True,
-    help="Test-time augmentation: 'flip' averages each image with its mirror image (twice the work; run folders only).",
-)
+@tta_option("Run folders only.")
 @runtime_options
 @format_options
 @pass_app

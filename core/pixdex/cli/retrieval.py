@@ -15,6 +15,7 @@ from pixdex.cli.options import (
     runtime_for,
     runtime_options,
     skip_report_options,
+    tta_option,
 )
 from pixdex.cli.output import emit, emit_matches, format_options, resolve_format, write_skips
 from pixdex.config import Config, parse_assignments
@@ -93,16 +94,8 @@ def index_options(func: Any) -> Any:
     return func
 
 
-def tta_option(func: Any) -> Any:
-    return click.option(
-        "--tta",
-        type=click.Choice(["none", "flip"]),
-        default="none",
-        show_default=True,
-        help="Test-time augmentation: 'flip' embeds each image as the mean of its and its mirror "
-        "image's embeddings (twice the work; for models trained with flips). Recorded, so queries, "
-        "`index add` and `serve` embed the same way.",
-    )(func)
+# embeddings made with --tta are recorded, so everything later embeds them the same way
+index_tta_option = tta_option("Recorded, so queries, `index add` and `serve` embed the same way; not exported to ONNX.")
 
 
 def data_options(func: Any) -> Any:
@@ -141,7 +134,7 @@ def data_options(func: Any) -> Any:
     type=click.Path(file_okay=False),
     help="Folder for embeddings.npy (float32) and items.jsonl.",
 )
-@tta_option
+@index_tta_option
 @config_options
 @data_options
 @format_options
@@ -203,7 +196,7 @@ def index_group() -> None:
     help="Index embeddings made before instead of embedding DATA: the folder `pixdex embed` wrote, an "
     "index folder, or embeddings.npy + items.jsonl from any tool. MODEL is then optional.",
 )
-@tta_option
+@index_tta_option
 @config_options
 @index_options
 @data_options

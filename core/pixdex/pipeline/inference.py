@@ -51,30 +51,73 @@ def inference_runtime(
 
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], Any]
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "crops", "flip-crops")
+# the "crops" views: centre crops of 95% and 90% of each side (90% and 81% of the area),
+# resized back to the input size; inside the crops of 80-100% of the area that the
+# `strong` preset trains with (docs/recognition.md, "Test-time augmentation")
+TTA_CROP_SIDES = (0.95, 0.9)
+
+
+def centre_zoom(images: torch.Tensor, side: float) -> torch.Tensor:
+    """The centre crop of ``side`` of each side of float[B, C, H, W], resized back to H x W
+    (bilinear, as the training crops of the ``augment`` transform are resampled)."""
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = side
+    theta[:, 1, 1] = side
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def tta_views(images: torch.Tensor, tta: str) -> Iterator[torch.Tensor]:
+    """The views ``tta`` averages over: the images, [their centre crops,] [and the mirror
+    image of each of these]."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+    scales = [images]
+    if tta in ("crops", "flip-crops"):
+        scales += [centre_zoom(images, side) for side in TTA_CROP_SIDES]
+    for view in scales:
+        yield view
+        if tta in ("flip", "flip-crops"):
+            yield view.flip(-1)
 
 
 def embed_batch(model: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """``model(images)``, or with ``tta="flip"`` the mean of the embeddings of the images and
-    of their mirror images (so an image and its mirror get the same embedding, and logits
-    computed from it)."""
+    """``model(images)``, or the mean of the embeddings of the views ``tta`` names: "flip"
+    (the images and their mirror images, so an image and its mirror get the same
+    embedding, and the same logits), "crops" (the images and their centre crops of
+    ``TTA_CROP_SIDES``), "flip-crops" (both: six views)."""
     if tta == "none":
         return model(images)
-    if tta == "flip":
-        return (model(images) + model(images.flip(-1))) / 2
-    raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+    total, count = None, 0
+    for view in tta_views(images, tta):
+        emb = model(view)
+        total = emb if total is None else total + emb
+        count += 1
+    assert total is not None
+    return total / count
 
 
 def check_tta(run: LoadedRun, tta: str, notify: Callable[[str], None] | None) -> None:
     """Refuse an unknown mode; warn when flips are averaged for a run that never saw a flip
-    in training (orientation may be the class there: arrows, digits, left and right)."""
+    in training (orientation may be the class there: arrows, digits, left and right), or
+    crops for a run that never saw a random crop (the zoomed views are images it never saw)."""
     if tta not in TTA_MODES:
         raise UsageError(f"unknown --tta {tta!r}; use one of {', '.join(TTA_MODES)}")
-    flip = (run.manifest["config"].get("transform") or {}).get("flip")
-    if tta == "flip" and not flip and notify is not None:
+    if notify is None:
+        return
+    transform = run.manifest["config"].get("transform") or {}
+    flip = transform.get("flip")
+    if "flip" in tta and not flip:
         notify(
             f"pixdex: warning: {run.path} was trained without flips (transform.flip = {flip}); "
-            "--tta flip averages mirror images and can cost accuracy where orientation matters"
+            f"--tta {tta} averages mirror images and can cost accuracy where orientation matters"
+        )
+    scale = transform.get("scale")
+    if "crops" in tta and not (scale and float(scale[0]) < 1.0):
+        notify(
+            f"pixdex: warning: {run.path} was trained without random crops (transform.scale = {scale}); "
+            f"--tta {tta} averages zoomed views it never saw and can cost accuracy"
         )
 
 
@@ -125,7 +168,7 @@ def run_inference(
     tta: str = "none",
 ) -> Outputs:
     """Embeddings (and logits when the pipeline classifies) for every readable item;
-    ``tta="flip"`` averages each image's embedding with its mirror image's."""
+    ``tta`` averages each image's embedding over the views :func:`embed_batch` names."""
     model = place_model(pipeline, place)
 
     def logits(emb: torch.Tensor, _: torch.Tensor) -> torch.Tensor | None:

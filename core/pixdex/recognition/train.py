@@ -227,9 +227,10 @@ class Trainer:
         self.warmup_steps = int(round(self.t["warmup_epochs"] * self.steps_per_epoch))
         self.patience = int(self.t["early_stop"])
         if not len(self.val_src):
+            kept = "the last epoch's average of the weights" if self.ema is not None else "the last epoch"
             self.notify(
                 "pixdex: note: no validation images (val_fraction 0, or classes too small to split): "
-                "model.safetensors keeps the last epoch and early stopping is off"
+                f"model.safetensors keeps {kept} and early stopping is off"
             )
             self.patience = 0
         self.notify(self.recipe_line())
