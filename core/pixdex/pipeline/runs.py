@@ -161,9 +161,10 @@ class LoadedRun:
     pipeline: Pipeline
     transform: Transform
     classes: list[str]
-    # how this run embeds images for retrieval: "flip" averages each image's embedding with
-    # its mirror image's. Set by `index build --tta` / `embed --tta` and recorded with the
-    # index's model, so queries, `index add` and `serve` embed the way the collection was.
+    # how this run embeds images for retrieval: a TTA mode ("flip", "crops", "flip-crops")
+    # averages each image's embedding over its views (pipeline/inference.py). Set by
+    # `index build --tta` / `embed --tta` and recorded with the index's model, so queries,
+    # `index add` and `serve` embed the way the collection was.
     tta: str = "none"
 
     @property

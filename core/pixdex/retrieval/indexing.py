@@ -56,7 +56,7 @@ class Options:
 
 def with_tta(run: LoadedRun, opts: Options) -> LoadedRun:
     """``run`` set to embed a new collection with ``opts.tta``; a run trained without flips
-    is warned about (a backbone spec's pretrained weights have seen flips)."""
+    or random crops is warned about (a backbone spec's pretrained weights have seen both)."""
     if opts.tta != "none" and run.manifest.get("kind") != "backbone":
         check_tta(run, opts.tta, opts.notify)
     return replace(run, tta=opts.tta)

@@ -19,7 +19,8 @@ from pixdex.retrieval.stored import holds_items
 
 
 def recorded_tta(manifest: dict[str, Any]) -> str:
-    """The test-time augmentation an index's items were embedded with ("none" or "flip")."""
+    """The test-time augmentation an index's items were embedded with (one of
+    ``pixdex.pipeline.inference.TTA_MODES``; "none" when the manifest records none)."""
     return str(manifest.get("model", {}).get("tta", "none"))
 
 
